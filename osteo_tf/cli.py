@@ -1,0 +1,96 @@
+"""The ``osteo-tf`` command line (contract in the README and design notes).
+
+Every subcommand imports its module lazily, so ``osteo-tf --help`` is instant and
+``osteo-tf inspect`` does not pay for importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from osteo_tf import synthetic
+
+    meta = synthetic.write_dataset(
+        args.out,
+        mode=args.mode,
+        classes=args.classes,
+        patients=args.patients,
+        preset=args.preset,
+        size=args.size,
+        seed=args.seed,
+    )
+    counts = meta["label"].value_counts().sort_index().to_dict()
+    print(
+        f"wrote {len(meta)} images of {meta['patient_id'].nunique()} patients to {args.out} "
+        f"(mode={args.mode}, preset={args.preset}, classes={counts})"
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from osteo_tf import datasets
+
+    try:
+        ds = datasets.find_dataset(args.dir)
+    except datasets.DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = ds.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(datasets.format_summary(summary))
+    readable = [c for c, n in summary["classes"].items() if n > 0]
+    if len(readable) < 2:
+        print(
+            f"error: {args.dir}: need at least two classes with readable images, found {len(readable)} ({readable})",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of ``osteo-tf``."""
+    parser = argparse.ArgumentParser(
+        prog="osteo-tf",
+        description="Reproducible osteoporosis-from-radiograph studies with Keras and TensorFlow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate a synthetic radiograph dataset")
+    p.add_argument("--mode", required=True, choices=["calcaneus", "knee", "dxa"])
+    p.add_argument("--classes", type=int, default=2, choices=[2, 3])
+    p.add_argument("--patients", type=int, default=100, help="number of patients (default 100)")
+    p.add_argument("--preset", default="default", choices=["easy", "default", "hard", "realistic"])
+    p.add_argument("--size", type=int, default=None, help="image size in px (default: per mode)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("inspect", help="describe a dataset folder without modifying it")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON (keys: n_images, n_groups, classes, unreadable, duplicates)")
+    p.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``osteo-tf`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

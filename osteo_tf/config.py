@@ -1,0 +1,146 @@
+"""Paths, profiles, seeding and parameter validation shared by every module."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The repository root (the folder holding ``osteo_tf/``)."""
+
+
+def data_dir() -> Path:
+    """Where generated synthetic datasets live (``$OSTEO_TF_DATA`` or ``<root>/data``)."""
+    return Path(os.environ.get("OSTEO_TF_DATA", PROJECT_ROOT / "data"))
+
+
+def cache_dir() -> Path:
+    """Where expensive preprocessing results are cached (``$OSTEO_TF_CACHE`` or ``<root>/cache``)."""
+    return Path(os.environ.get("OSTEO_TF_CACHE", PROJECT_ROOT / "cache"))
+
+
+def reports_dir() -> Path:
+    """Default output folder of ``osteo-tf run`` (``<root>/reports``)."""
+    return PROJECT_ROOT / "reports"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much work a study run does.
+
+    Attributes:
+        name: ``smoke``, ``quick`` or ``full``.
+        description: one line for reports and ``osteo-tf list``.
+        patients: synthetic patients generated per study.
+        image_size: square input size in pixels fed to the CNNs.
+        epochs: training epochs (studies may scale this).
+        max_models: how many of a study's models are trained (``None`` = all).
+        mixed_precision: whether training switches on a mixed-precision policy.
+        xla: whether ``jit_compile`` is used.
+    """
+
+    name: str
+    description: str
+    patients: int
+    image_size: int
+    epochs: int
+    max_models: int | None
+    mixed_precision: bool = False
+    xla: bool = False
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        "smoke",
+        "tiny synthetic data, a few steps: proves the plumbing, not the science (CI)",
+        patients=24,
+        image_size=64,
+        epochs=1,
+        max_models=2,
+    ),
+    "quick": Profile(
+        "quick",
+        "synthetic data big enough to learn, small images and light models: all studies in ~20 min on 2 CPU cores",
+        patients=160,
+        image_size=96,
+        epochs=8,
+        max_models=3,
+    ),
+    "full": Profile(
+        "full",
+        "the paper protocols (image sizes, epochs, batch sizes, all models); meant for a GPU",
+        patients=400,
+        image_size=224,
+        epochs=30,
+        max_models=None,
+        mixed_precision=True,
+        xla=True,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Return the profile called ``name``.
+
+    Raises:
+        ValueError: if ``name`` is not one of ``PROFILES``.
+    """
+    if name not in PROFILES:
+        raise ValueError(
+            f"Unknown profile. Expected one of {sorted(PROFILES)}. Received: profile={name!r}"
+        )
+    return PROFILES[name]
+
+
+def seed_everything(seed: int, *, deterministic_ops: bool = True) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras; optionally enable deterministic TF ops.
+
+    Same seed, same data, same CPU and same library versions then give identical weights and
+    metrics. ``PYTHONHASHSEED`` is only effective when set before the interpreter starts (the
+    Makefile sets it).
+
+    Args:
+        seed: a non-negative integer.
+        deterministic_ops: call ``tf.config.experimental.enable_op_determinism()``.
+
+    Raises:
+        ValueError: if ``seed`` is not a non-negative int.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer. Received: seed={seed!r}")
+    seed = int(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import keras
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover - TF is a hard dependency, kept importable for tools
+        return
+    keras.utils.set_random_seed(seed)
+    if deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+
+
+def validate_params(params: Mapping[str, Any], allowed: Mapping[str, Any], *, where: str) -> None:
+    """Reject unknown parameter keys (papermill only warns about them).
+
+    Args:
+        params: the keys a caller wants to set.
+        allowed: the known keys (e.g. a notebook's declared parameters).
+        where: what the parameters are for, named in the error.
+
+    Raises:
+        ValueError: naming every unknown key and the allowed ones.
+    """
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"Unknown parameter(s) for {where}: {unknown}. Allowed: {sorted(allowed)}"
+        )

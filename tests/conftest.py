@@ -1,0 +1,6 @@
+"""Shared pytest setup: quiet TensorFlow, deterministic hashing, small thread pools."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -1,6 +1,6 @@
 # Two commands: `make reports` (main job) and `make test`.
 # Both create .venv and install what is missing (a stamp file makes reruns instant).
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -27,8 +27,16 @@ install: $(STAMP)
 kernel: $(STAMP)
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (osteo-tf)"
 
+# Until the study notebooks land, `make reports` generates the synthetic datasets and inspects them.
+SYNTH := data/synthetic
 reports: $(STAMP)
-	$(BIN)/osteo-tf reports --profile $(PROFILE) --out reports
+	@mkdir -p reports/datasets
+	@for mode in calcaneus knee dxa; do \
+	  $(BIN)/osteo-tf synth --mode $$mode --patients 120 --seed 0 --out $(SYNTH)/$$mode || exit 1; \
+	  $(BIN)/osteo-tf inspect $(SYNTH)/$$mode > reports/datasets/$$mode.txt || exit 1; \
+	  $(BIN)/osteo-tf inspect $(SYNTH)/$$mode --json > reports/datasets/$$mode.json || exit 1; \
+	  echo "inspected $(SYNTH)/$$mode -> reports/datasets/$$mode.txt"; \
+	done
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

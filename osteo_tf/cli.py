@@ -56,6 +56,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from osteo_tf import bench
+
+    records = bench.run(args.only or None)
+    if args.json:
+        bench.write_json(records, args.json)
+        print(f"wrote {len(records)} record(s) to {args.json}")
+    return 0 if all(r["meets_target"] for r in records) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of ``osteo-tf``."""
     parser = argparse.ArgumentParser(
@@ -78,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON (keys: n_images, n_groups, classes, unreadable, duplicates)")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("bench", help="performance benchmarks, each a ratio against its baseline")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the records as JSON")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

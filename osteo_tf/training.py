@@ -1,0 +1,540 @@
+"""Training recipes, run folders, resume, head-only training, self-supervised pretraining.
+
+A notebook asks for a recipe by name (``recipe("study04", "approach2")``) instead of re-typing
+hyperparameters, then calls :func:`train`, which
+
+* compiles the model with the recipe's optimizer (inside the caller's ``tf.distribute`` strategy
+  scope when one is given; a strategy is taken, never assumed),
+* writes a run folder: ``config.json``, ``history.csv`` (appended across resumes),
+  ``best.keras`` (the best epoch by the monitored quantity), ``backup/`` (weights, optimizer and
+  epoch for :class:`keras.callbacks.BackupAndRestore`) and ``result.json``,
+* resumes an interrupted run from ``backup/``,
+* stops with :class:`TrainingDivergedError` on a NaN/Inf loss and KEEPS the backup (Keras'
+  graceful NaN stop would delete it),
+* checks the monitor name before the first epoch (Keras only warns about a misspelled monitor),
+* records seconds per epoch (study 04 reports the time for 10 epochs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or Inf; the run folder's backup is kept for inspection or resume."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a study trains a model (the paper's values; profiles may shorten ``epochs``).
+
+    Attributes:
+        optimizer: "sgd", "adam" or "rmsprop".
+        learning_rate: initial learning rate.
+        momentum: SGD momentum (ignored by other optimizers).
+        batch_size: mini-batch size.
+        epochs: maximum epochs.
+        patience: early-stopping patience in epochs (None = no early stopping).
+        monitor: quantity for checkpointing / early stopping.
+        trainable: "all", "head" or an int (freeze the first N backbone layers).
+        loss: "categorical_crossentropy" (softmax heads) or "binary_crossentropy" (sigmoid).
+        source: where the values come from (paper section), printed in reports.
+    """
+
+    optimizer: str = "sgd"
+    learning_rate: float = 1e-4
+    momentum: float = 0.9
+    batch_size: int = 32
+    epochs: int = 20
+    patience: int | None = None
+    monitor: str = "val_loss"
+    trainable: str | int = "all"
+    loss: str = "categorical_crossentropy"
+    source: str = ""
+
+
+RECIPES: dict[tuple[str, str], Recipe] = {
+    ("study01", "transfer"): Recipe("sgd", 1e-4, 0.9, 5, 20, None, "val_loss", "all",
+                                    source="study 01: SGD with momentum, lr 1e-4, mini-batch 5, 20 epochs, all layers trainable (momentum value not given; 0.9 assumed)"),
+    ("study01", "small_cnn"): Recipe("sgd", 1e-4, 0.9, 5, 20, None, "val_loss", "all",
+                                     source="study 01: small CNN from scratch, same optimizer settings"),
+    ("study02", "finetune"): Recipe("adam", 1e-4, 0.0, 32, 30, None, "val_loss", 143,
+                                    source="study 02: ResNet50 early layers frozen (first 143 layers = up to conv4), ~30 epochs; optimizer not stated, Adam 1e-4 assumed"),
+    ("study03", "pretrain"): Recipe("adam", 1e-3, 0.0, 32, 20, None, "val_loss", "all",
+                                    source="study 03 phase 1: in-domain self-supervised pretraining (objective chosen here: rotation prediction, Gidaris et al. 2018)"),
+    ("study03", "finetune"): Recipe("adam", 1e-4, 0.0, 16, 50, 10, "val_loss", "all",
+                                    source="study 03 phase 2: fine-tuning with lr 1e-4"),
+    ("study03", "baseline"): Recipe("adam", 1e-4, 0.0, 16, 50, 10, "val_loss", "all",
+                                    source="study 03 ImageNet baselines, lr 1e-4"),
+    ("study04", "approach1"): Recipe("sgd", 1e-4, 0.9, 24, 50, None, "val_loss", "all",
+                                     source="study 04 approach 1: all layers retrained, batch 24, SGD lr 1e-4 momentum 0.9, 50 epochs"),
+    ("study04", "approach2"): Recipe("sgd", 1e-4, 0.9, 24, 20, None, "val_loss", "head",
+                                     source="study 04 approach 2: only the new head trained, 20 epochs"),
+    ("study04", "model1"): Recipe("sgd", 1e-3, 0.6, 24, 200, 15, "val_loss", "all", "binary_crossentropy",
+                                  source="study 04 approach 3, Model 1 (Table II)"),
+    ("study04", "model2"): Recipe("sgd", 1e-4, 0.7, 24, 200, 15, "val_loss", "all", "binary_crossentropy",
+                                  source="study 04 approach 3, Model 2 (Table II)"),
+    ("study04", "model3"): Recipe("sgd", 1e-3, 0.9, 24, 200, 15, "val_loss", "all", "binary_crossentropy",
+                                  source="study 04 approach 3, Model 3 (Table II)"),
+    ("study04", "model4"): Recipe("sgd", 1e-4, 0.9, 48, 200, 15, "val_loss", "all", "binary_crossentropy",
+                                  source="study 04 approach 3, Model 4 (Table II)"),
+    ("study05", "transfer"): Recipe("adam", 1e-3, 0.0, 32, 30, None, "val_loss", "all",
+                                    source="study 05: Adam (default lr 1e-3), categorical cross-entropy, 30 epochs"),
+}
+
+
+def recipe(study: str, name: str, **overrides: Any) -> Recipe:
+    """Look up a recipe, optionally overriding fields (e.g. ``epochs=3`` for a profile).
+
+    Raises:
+        ValueError: for an unknown (study, name) or an unknown field.
+    """
+    key = (study, name)
+    if key not in RECIPES:
+        raise ValueError(f"unknown recipe {key}. Known: {sorted(RECIPES)}")
+    fields = set(Recipe.__dataclass_fields__)
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown recipe field(s) {bad}. Fields: {sorted(fields)}")
+    return replace(RECIPES[key], **overrides)
+
+
+def make_optimizer(rec: Recipe):
+    """The Keras optimizer a recipe names."""
+    import keras
+
+    if rec.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=rec.learning_rate, momentum=rec.momentum)
+    if rec.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=rec.learning_rate)
+    if rec.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=rec.learning_rate)
+    raise ValueError(f"optimizer must be 'sgd', 'adam' or 'rmsprop'. Received: optimizer={rec.optimizer!r}")
+
+
+def compile_model(model, rec: Recipe, *, jit_compile: bool | str = "auto", extra_metrics: Sequence = ()):
+    """Compile ``model`` with the recipe's optimizer and loss, tracking accuracy and AUC."""
+    import keras
+
+    binary = rec.loss == "binary_crossentropy"
+    metrics = [
+        keras.metrics.BinaryAccuracy(name="accuracy") if binary else keras.metrics.CategoricalAccuracy(name="accuracy"),
+        keras.metrics.AUC(name="auc", multi_label=False),
+        *extra_metrics,
+    ]
+    model.compile(optimizer=make_optimizer(rec), loss=rec.loss, metrics=metrics, jit_compile=jit_compile)
+    return model
+
+
+def metric_names(model, *, validation: bool) -> list[str]:
+    """Names ``fit`` will log for a compiled model (loss + compiled metrics, with ``val_`` twins)."""
+    names = ["loss"]
+    for m in getattr(model, "_compile_config", None) and model._compile_config.config.get("metrics") or []:
+        name = m if isinstance(m, str) else getattr(m, "name", None) or m.get("config", {}).get("name")
+        if name:
+            names.append(name)
+    if len(names) == 1:  # fall back on the metric objects
+        names += [m.name for m in getattr(model, "metrics", []) if m.name not in ("loss", "compile_metrics")]
+    return names + ([f"val_{n}" for n in names] if validation else [])
+
+
+def check_monitor(monitor: str, model, *, validation: bool) -> None:
+    """Fail fast on a monitor ``fit`` will never log (Keras itself only warns).
+
+    Raises:
+        ValueError: naming the monitor and the available names.
+    """
+    available = metric_names(model, validation=validation)
+    if monitor not in available:
+        raise ValueError(f"monitor {monitor!r} will never be logged. Available: {available}")
+
+
+class EpochTimer:
+    """Keras callback recording wall seconds per epoch into ``self.seconds``."""
+
+    def __new__(cls, *args, **kwargs):  # build a real keras Callback subclass lazily
+        import keras
+
+        class _EpochTimer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seconds: list[float] = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                dt = time.perf_counter() - self._t0
+                self.seconds.append(dt)
+                if logs is not None:
+                    logs["epoch_seconds"] = dt
+
+        return _EpochTimer()
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (and writes as ``result.json``)."""
+
+    run_dir: Path
+    history: pd.DataFrame
+    epoch_seconds: list[float]
+    best_model_path: Path | None
+    epochs_run: int
+    stopped_early: bool
+    recipe: dict = field(default_factory=dict)
+
+    @property
+    def train_seconds(self) -> float:
+        """Total wall seconds of the epochs run in this call."""
+        return float(sum(self.epoch_seconds))
+
+    @property
+    def seconds_per_10_epochs(self) -> float:
+        """Mean epoch time x 10 (study 04's timing unit)."""
+        return float(10 * np.mean(self.epoch_seconds)) if self.epoch_seconds else float("nan")
+
+
+def train(
+    model_or_fn,
+    train_ds,
+    val_ds=None,
+    *,
+    rec: Recipe,
+    run_dir: str | Path,
+    epochs: int | None = None,
+    monitor: str | None = None,
+    class_weight: dict | None = None,
+    strategy=None,
+    jit_compile: bool | str = "auto",
+    config: dict | None = None,
+    verbose: int = 0,
+) -> tuple[Any, TrainResult]:
+    """Fit a model with the recipe, in a resumable run folder.
+
+    Args:
+        model_or_fn: an (uncompiled or compiled) Keras model, or a zero-argument function that
+            builds one (required with a ``strategy``: variables must be created in its scope).
+        train_ds: training ``tf.data.Dataset`` (already batched).
+        val_ds: validation dataset or None (then monitor defaults to ``loss``).
+        rec: the training recipe.
+        run_dir: the run folder (created; an existing backup resumes the run).
+        epochs: overrides ``rec.epochs`` (profiles).
+        monitor: overrides ``rec.monitor``.
+        class_weight: Keras class weights from the TRAINING split.
+        strategy: a ``tf.distribute.Strategy`` or None (default strategy).
+        jit_compile: XLA switch passed to ``compile``.
+        config: extra facts recorded in ``config.json`` (model name, data, seed...).
+        verbose: Keras verbosity (0 in notebooks keeps reports clean).
+
+    Returns:
+        ``(model, TrainResult)``; the model holds the best weights when a validation set is given.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN/Inf (the backup is kept).
+        ValueError: a monitor that will never be logged.
+    """
+    import keras
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    epochs = int(epochs if epochs is not None else rec.epochs)
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1. Received: epochs={epochs}")
+    monitor = monitor or (rec.monitor if val_ds is not None else rec.monitor.removeprefix("val_"))
+
+    if strategy is not None:
+        if not callable(model_or_fn) or isinstance(model_or_fn, keras.Model):
+            raise TypeError("with a strategy, pass a function that builds the model (variables must be created in strategy.scope())")
+        with strategy.scope():
+            model = model_or_fn()
+            compile_model(model, rec, jit_compile=jit_compile)
+    else:
+        model = model_or_fn() if (callable(model_or_fn) and not isinstance(model_or_fn, keras.Model)) else model_or_fn
+        if not getattr(model, "compiled", False) or model.optimizer is None:
+            compile_model(model, rec, jit_compile=jit_compile)
+    check_monitor(monitor, model, validation=val_ds is not None)
+
+    cfg = {"recipe": asdict(rec), "epochs": epochs, "monitor": monitor, "class_weight": class_weight,
+           "strategy": type(strategy).__name__ if strategy is not None else "default",
+           "replicas": getattr(strategy, "num_replicas_in_sync", 1), **(config or {})}
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+
+    timer = EpochTimer()
+    best_path = run_dir / "best.keras"
+    mode = "max" if any(k in monitor for k in ("acc", "auc")) else "min"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        timer,
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TerminateOnNaN(raise_error=True),
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode=mode, save_best_only=True),
+    ]
+    early = None
+    if rec.patience is not None:
+        early = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=rec.patience,
+                                              restore_best_weights=True)
+        callbacks.append(early)
+    try:
+        hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+                         class_weight=class_weight, verbose=verbose)
+    except RuntimeError as exc:
+        if "NaN or Inf loss" in str(exc):
+            raise TrainingDivergedError(
+                f"training diverged (NaN/Inf loss) in {run_dir}; the backup in {run_dir / 'backup'} is kept: {exc}"
+            ) from exc
+        raise
+    if val_ds is not None and best_path.exists() and early is None:
+        best = keras.models.load_model(best_path, safe_mode=True, compile=False)
+        model.set_weights(best.get_weights())
+    history = pd.read_csv(run_dir / "history.csv") if (run_dir / "history.csv").exists() else pd.DataFrame(hist.history)
+    result = TrainResult(
+        run_dir=run_dir,
+        history=history,
+        epoch_seconds=list(timer.seconds),
+        best_model_path=best_path if best_path.exists() else None,
+        epochs_run=len(timer.seconds),
+        stopped_early=bool(early is not None and early.stopped_epoch > 0),
+        recipe=asdict(rec),
+    )
+    (run_dir / "result.json").write_text(json.dumps({
+        "epochs_run": result.epochs_run, "epoch_seconds": result.epoch_seconds,
+        "train_seconds": result.train_seconds, "stopped_early": result.stopped_early,
+        "best_model": str(result.best_model_path) if result.best_model_path else None,
+    }, indent=2) + "\n")
+    return model, result
+
+
+# ----------------------------------------------------------------------------------------------
+# Head-only training on cached backbone features (study 04, approach 2)
+# ----------------------------------------------------------------------------------------------
+
+HEAD_INPUT_LAYER = "head_gap"
+
+
+def split_head(model, *, head_input: str = HEAD_INPUT_LAYER):
+    """Split a flat classifier at ``head_input`` into (feature extractor, head).
+
+    The head model REUSES the classifier's own head layers, so training it trains ``model``.
+
+    Raises:
+        ValueError: if the model has no such layer or has layers after it that are not a
+            simple chain.
+    """
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    if head_input not in names:
+        raise ValueError(f"model has no layer {head_input!r} to split at. Layers end with: {names[-6:]}")
+    cut = model.get_layer(head_input)
+    features = keras.Model(model.inputs, cut.output, name=f"{model.name}_features")
+    tail = model.layers[names.index(head_input) + 1 :]
+    inp = keras.Input(shape=tuple(cut.output.shape[1:]), name="features")
+    x = inp
+    for layer in tail:
+        x = layer(x)
+    head = keras.Model(inp, x, name=f"{model.name}_head")
+    return features, head
+
+
+def extract_features(feature_model, ds) -> tuple[np.ndarray, np.ndarray]:
+    """Run the frozen feature extractor once over a dataset: (features, labels)."""
+    feats, labels = [], []
+    for x, y in ds:
+        feats.append(np.asarray(feature_model(x, training=False)))
+        labels.append(np.asarray(y))
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def train_head_on_features(
+    model,
+    train_ds,
+    val_ds=None,
+    *,
+    rec: Recipe,
+    epochs: int | None = None,
+    augmented_on_the_fly: bool = False,
+    seed: int = 0,
+    verbose: int = 0,
+) -> dict:
+    """Head-only training: backbone features computed ONCE, then the head trained on them.
+
+    Equivalent to fitting the frozen model (the backbone is in inference mode either way) but
+    the backbone's forward pass runs once instead of once per epoch.
+
+    Args:
+        model: a flat classifier from ``osteo_tf.models.build`` (its head layers are trained).
+        train_ds, val_ds: batched datasets WITHOUT on-the-fly augmentation.
+        rec: the recipe (optimizer, batch size, epochs).
+        augmented_on_the_fly: must be False. Cached features cannot carry random augmentation:
+            when the study augments on the fly, train the frozen model with :func:`train`.
+        seed: shuffling seed for the feature batches.
+
+    Returns:
+        dict with ``history`` (DataFrame), ``feature_seconds``, ``head_seconds``, ``epoch_seconds``.
+
+    Raises:
+        ValueError: if ``augmented_on_the_fly`` is True.
+    """
+    import tensorflow as tf
+
+    if augmented_on_the_fly:
+        raise ValueError(
+            "head-only training on cached features cannot apply on-the-fly augmentation; "
+            "augment offline (as study 04 did) or call train() with trainable='head'"
+        )
+    features, head = split_head(model)
+    t0 = time.perf_counter()
+    xtr, ytr = extract_features(features, train_ds)
+    xva, yva = extract_features(features, val_ds) if val_ds is not None else (None, None)
+    t_feat = time.perf_counter() - t0
+    compile_model(head, rec)
+    tr = tf.data.Dataset.from_tensor_slices((xtr, ytr)).shuffle(len(xtr), seed=seed).batch(rec.batch_size)
+    va = tf.data.Dataset.from_tensor_slices((xva, yva)).batch(rec.batch_size) if xva is not None else None
+    timer = EpochTimer()
+    t1 = time.perf_counter()
+    hist = head.fit(tr, validation_data=va, epochs=int(epochs or rec.epochs), callbacks=[timer], verbose=verbose)
+    t_head = time.perf_counter() - t1
+    return {"history": pd.DataFrame(hist.history), "feature_seconds": t_feat, "head_seconds": t_head,
+            "epoch_seconds": list(timer.seconds), "train_seconds": t_feat + t_head}
+
+
+# ----------------------------------------------------------------------------------------------
+# Self-supervised in-domain pretraining (study 03, phase 1): rotation prediction
+# ----------------------------------------------------------------------------------------------
+
+SSL_OBJECTIVE = "rotation prediction (RotNet; Gidaris, Singh & Komodakis, ICLR 2018): predict 0/90/180/270 degrees"
+
+
+def rotation_pretext(images: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Make the rotation pretext task from UNLABELED square images.
+
+    Args:
+        images: (N, H, H) or (N, H, H, C) array.
+
+    Returns:
+        ``(x, y)``: 4N rotated images (shuffled with ``seed``) and one-hot (4N, 4) targets.
+    """
+    images = np.asarray(images)
+    if images.ndim < 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be (N, H, H[, C]) squares. Received: shape={images.shape}")
+    xs = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    x = np.concatenate(xs)
+    y = np.repeat(np.arange(4), len(images))
+    order = np.random.default_rng(seed).permutation(len(x))
+    return np.ascontiguousarray(x[order]), np.eye(4, dtype=np.float32)[y[order]]
+
+
+def transfer_weights(source, target, *, skip: Sequence[str] = ("predictions",)) -> list[str]:
+    """Copy weights layer by layer (matching names and shapes), skipping the classifier layer.
+
+    Returns:
+        The names of the layers whose weights were copied.
+
+    Raises:
+        ValueError: if nothing could be copied (the models do not share an architecture).
+    """
+    copied = []
+    src = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        if layer.name in skip or layer.name not in src or not layer.weights:
+            continue
+        w = src[layer.name].get_weights()
+        if [a.shape for a in w] == [b.shape for b in layer.get_weights()]:
+            layer.set_weights(w)
+            copied.append(layer.name)
+    if not copied:
+        raise ValueError("no layer weights matched by name and shape: are these the same architecture?")
+    return copied
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision, XLA, strategies
+# ----------------------------------------------------------------------------------------------
+
+def configure_precision(policy: str | None) -> str:
+    """Set the global Keras dtype policy.
+
+    Args:
+        policy: None/"float32", "mixed_float16" (GPU), "mixed_bfloat16" (CPUs with bf16/AMX), or
+            "auto" = mixed_float16 on a GPU, mixed_bfloat16 when the CPU advertises AMX/AVX512-BF16,
+            float32 otherwise.
+
+    Returns:
+        The policy name in effect.
+    """
+    import keras
+    import tensorflow as tf
+
+    if policy in (None, "float32"):
+        name = "float32"
+    elif policy == "auto":
+        if tf.config.list_physical_devices("GPU"):
+            name = "mixed_float16"
+        else:
+            flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+            name = "mixed_bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
+    elif policy in ("mixed_float16", "mixed_bfloat16"):
+        name = policy
+    else:
+        raise ValueError(f"policy must be None, 'float32', 'mixed_float16', 'mixed_bfloat16' or 'auto'. Received: policy={policy!r}")
+    keras.mixed_precision.set_global_policy(name)
+    return name
+
+
+def cpu_strategy(n_devices: int = 2):
+    """A MirroredStrategy over ``n_devices`` logical CPUs (for tests and CPU-only machines).
+
+    Must run before TensorFlow initialises its devices.
+    """
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n_devices)
+    except RuntimeError:
+        pass  # already initialised: use whatever logical devices exist
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:n_devices]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def default_strategy():
+    """MirroredStrategy over all GPUs when there are several, else the default strategy."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def predict_proba(model, ds) -> np.ndarray:
+    """Class probabilities (N, C) for a dataset; a single-sigmoid model becomes (N, 2)."""
+    p = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = np.concatenate([1 - p, p], axis=1)
+    return p
+
+
+def is_finite_history(history: pd.DataFrame) -> bool:
+    """True when every logged value is finite."""
+    vals = history.select_dtypes("number").to_numpy()
+    return bool(np.all(np.isfinite(vals))) if vals.size else True
+
+
+__all__ = [
+    "Recipe", "RECIPES", "recipe", "make_optimizer", "compile_model", "check_monitor", "train",
+    "TrainResult", "TrainingDivergedError", "split_head", "extract_features", "train_head_on_features",
+    "SSL_OBJECTIVE", "rotation_pretext", "transfer_weights", "configure_precision", "cpu_strategy",
+    "default_strategy", "predict_proba", "is_finite_history",
+]

@@ -1,0 +1,177 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+import tensorflow as tf  # noqa: E402
+
+from osteo_tf import training  # noqa: E402
+from osteo_tf.config import seed_everything  # noqa: E402
+
+
+def tiny_model(num_classes=2):
+    inp = keras.Input((16, 16, 3), name="input")
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="head_gap")(x)
+    x = keras.layers.Dropout(0.1, name="head_dropout")(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inp, out, name="tiny")
+
+
+def tiny_data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.normal(0, 0.1, (n, 16, 16, 3)).astype("float32") + y[:, None, None, None] * 0.5
+    return tf.data.Dataset.from_tensor_slices((x, np.eye(2, dtype="float32")[y])).batch(8)
+
+
+REC = training.recipe("study05", "transfer", epochs=3, learning_rate=1e-2)
+
+
+def test_recipe_lookup_and_overrides():
+    r = training.recipe("study04", "model4")
+    assert (r.batch_size, r.learning_rate, r.momentum, r.patience) == (48, 1e-4, 0.9, 15)
+    assert training.recipe("study01", "transfer", epochs=2).epochs == 2
+    with pytest.raises(ValueError, match="unknown recipe"):
+        training.recipe("study09", "x")
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        training.recipe("study01", "transfer", epoch=2)
+
+
+def test_train_writes_run_folder(tmp_path):
+    seed_everything(0)
+    model, res = training.train(tiny_model(), tiny_data(), tiny_data(seed=1), rec=REC, run_dir=tmp_path)
+    assert res.epochs_run == 3 and len(res.epoch_seconds) == 3
+    assert (tmp_path / "best.keras").exists() and (tmp_path / "config.json").exists()
+    hist = (tmp_path / "history.csv").read_text().splitlines()
+    assert hist[0].startswith("epoch") and len(hist) == 4
+    assert json.loads((tmp_path / "result.json").read_text())["epochs_run"] == 3
+    assert res.seconds_per_10_epochs > 0
+
+
+def test_misspelled_monitor_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match="val_acuracy"):
+        training.train(tiny_model(), tiny_data(), tiny_data(), rec=REC, run_dir=tmp_path, monitor="val_acuracy")
+    assert not (tmp_path / "history.csv").exists()
+
+
+def test_nan_loss_raises_and_keeps_backup(tmp_path):
+    # first epoch is healthy (a backup is written), the second diverges
+    model = tiny_model()
+    training.compile_model(model, REC)
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                w = self.model.get_layer("predictions").get_weights()
+                self.model.get_layer("predictions").set_weights([np.full_like(a, np.nan) for a in w])
+
+    orig_fit = model.fit
+    model.fit = lambda *a, **k: orig_fit(*a, **{**k, "callbacks": k["callbacks"] + [Poison()]})
+    with pytest.raises(training.TrainingDivergedError, match="backup"):
+        training.train(model, tiny_data(), rec=REC, run_dir=tmp_path)
+    assert any((tmp_path / "backup").iterdir())
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_backup(tmp_path):
+    seed_everything(0)
+    model = tiny_model()
+    training.compile_model(model, REC)
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise _Interrupt()
+
+    cb = [keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), Crash()]
+    with pytest.raises(_Interrupt):
+        model.fit(tiny_data(), epochs=4, callbacks=cb, verbose=0)
+    # train() picks up the backup: epochs 2 and 3 remain
+    _, res = training.train(tiny_model(), tiny_data(), rec=REC, run_dir=tmp_path, epochs=4)
+    assert res.epochs_run == 2
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    def run(d):
+        seed_everything(7)
+        m, _ = training.train(tiny_model(), tiny_data(), rec=REC, run_dir=d)
+        return m.get_weights()
+
+    a, b = run(tmp_path / "a"), run(tmp_path / "b")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_head_only_training_trains_head_and_freezes_backbone():
+    seed_everything(0)
+    model = tiny_model()
+    conv_before = model.get_layer("conv1").get_weights()[0].copy()
+    head_before = model.get_layer("predictions").get_weights()[0].copy()
+    out = training.train_head_on_features(model, tiny_data(), tiny_data(seed=1), rec=REC, epochs=3)
+    assert len(out["epoch_seconds"]) == 3
+    np.testing.assert_array_equal(model.get_layer("conv1").get_weights()[0], conv_before)
+    assert not np.array_equal(model.get_layer("predictions").get_weights()[0], head_before)
+    with pytest.raises(ValueError, match="on-the-fly augmentation"):
+        training.train_head_on_features(model, tiny_data(), rec=REC, augmented_on_the_fly=True)
+
+
+def test_split_head_requires_named_layer():
+    inp = keras.Input((4,))
+    m = keras.Model(inp, keras.layers.Dense(2)(inp))
+    with pytest.raises(ValueError, match="head_gap"):
+        training.split_head(m)
+
+
+def test_rotation_pretext_and_weight_transfer():
+    imgs = np.arange(2 * 4 * 4, dtype="float32").reshape(2, 4, 4)
+    x, y = training.rotation_pretext(imgs, seed=0)
+    assert x.shape == (8, 4, 4) and y.shape == (8, 4)
+    k = y.argmax(1)
+    for xi, ki in zip(x, k):
+        assert any(np.array_equal(xi, np.rot90(im, ki)) for im in imgs)
+    src, dst = tiny_model(4), tiny_model(2)
+    copied = training.transfer_weights(src, dst)
+    assert copied == ["conv1"]
+    np.testing.assert_array_equal(dst.get_layer("conv1").get_weights()[0], src.get_layer("conv1").get_weights()[0])
+
+
+def test_training_under_two_device_strategy():
+    code = textwrap.dedent("""
+        import numpy as np, tensorflow as tf, keras, tempfile
+        from osteo_tf import training
+        strategy = training.cpu_strategy(2)
+        assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+        def build():
+            inp = keras.Input((8, 8, 3))
+            x = keras.layers.GlobalAveragePooling2D(name="head_gap")(inp)
+            return keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="predictions")(x))
+        x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
+        y = np.eye(2, dtype="float32")[np.arange(16) % 2]
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+        rec = training.recipe("study05", "transfer", epochs=2)
+        with tempfile.TemporaryDirectory() as d:
+            m, res = training.train(build, ds, rec=rec, run_dir=d, strategy=strategy)
+        assert res.epochs_run == 2
+        print("REPLICAS", strategy.num_replicas_in_sync)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "REPLICAS 2" in out.stdout
+
+
+def test_strategy_requires_builder(tmp_path):
+    with pytest.raises(TypeError, match="strategy.scope"):
+        training.train(tiny_model(), tiny_data(), rec=REC, run_dir=tmp_path, strategy=tf.distribute.get_strategy())
+
+
+def test_configure_precision_rejects_unknown_policy():
+    with pytest.raises(ValueError, match="Received: policy='half'"):
+        training.configure_precision("half")
+    assert training.configure_precision(None) == "float32"

@@ -1,0 +1,439 @@
+"""Find a dataset on disk and describe it as a manifest, without ever writing into it.
+
+Three layouts are recognised, in this order:
+
+1. a manifest CSV (``root`` is a ``.csv`` file, ``root/manifest.csv`` exists, or ``manifest=`` is
+   given) with columns ``path,label[,group]``; paths are relative to the CSV's folder. A ``tbs``
+   column may replace ``label`` (study 04). Extra columns are kept.
+2. ``root/metadata.csv`` written by ``osteo-tf synth``: ``group`` = ``patient_id``.
+3. class folders, ``root/<class>/**/<image>``, possibly wrapped in any number of single folders
+   (``root/Osteoporosis Knee X-ray/normal/N1.jpg``). Folder names go through
+   :func:`canonical_label`. Non-image files directly in the class root (``patient details.xlsx``,
+   a README) are ignored; inside class folders they are quarantined with a reason.
+
+Every candidate file is decoded once (:func:`osteo_tf.io.load_xray_with_info`, in a small thread
+pool, results in a deterministic order). A file that cannot be used goes to the quarantine
+table with a reason; one bad file never stops the scan and none is dropped silently.
+Pixel-identical images (same :func:`osteo_tf.io.pixel_sha256`) are listed as duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from osteo_tf.io import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageLoadError,
+    is_image_candidate,
+    load_xray_with_info,
+    pixel_sha256,
+)
+
+__all__ = ["Dataset", "DatasetError", "canonical_label", "find_dataset", "format_summary"]
+
+_ALIASES: dict[str, str] = {
+    **dict.fromkeys(["healthy", "normal", "cn", "control", "ct", "negative", "0"], "normal"),
+    **dict.fromkeys(["osteoporosis", "op", "os", "osteoporotic", "porosis"], "osteoporosis"),
+    **dict.fromkeys(["osteopenia", "osteopenic", "penia"], "osteopenia"),
+    **dict.fromkeys(["partiallydegraded"], "partially_degraded"),
+}
+_JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
+_SKIP_DIRS = {"__macosx"}
+_MAX_WRAPPER_DEPTH = 16
+_COLUMNS = ["path", "relpath", "label", "group", "sha256", "height", "width", "bit_depth", "format"]
+_QUARANTINE_COLUMNS = ["path", "relpath", "label", "reason"]
+_TEXT_COLUMNS = {"path", "label", "label_name", "group", "patient_id", "image_id"}
+_KEY_COLUMNS = _TEXT_COLUMNS | {"tbs"}
+
+
+class DatasetError(ValueError):
+    """The dataset root cannot be used at all (missing, empty, or a malformed manifest)."""
+
+
+def canonical_label(name: str) -> str:
+    """Normalise a class name from a folder or a manifest.
+
+    Matching ignores case, spaces, underscores and hyphens. ``healthy``, ``normal``, ``CN``,
+    ``control``, ``CT``, ``negative``, ``0`` -> ``"normal"``; ``osteoporosis``, ``OP``, ``OS``,
+    ``osteoporotic``, ``porosis`` -> ``"osteoporosis"``; ``osteopenia``, ``osteopenic``, ``penia``
+    -> ``"osteopenia"``. Note that the Mendeley knee set names its osteopenia FILES ``OP13``; its
+    labels come from folder names, so this alias never applies there. Any other name is kept,
+    lower-cased, with spaces and hyphens turned into ``_`` (``"Partially degraded"`` ->
+    ``"partially_degraded"``).
+
+    Args:
+        name: the raw class name.
+
+    Returns:
+        The canonical label.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a str. Received: name={name!r}")
+    key = re.sub(r"[\s_\-]+", "", name.lower())
+    if not key:
+        raise ValueError(f"`name` must contain a class name. Received: name={name!r}")
+    if key in _ALIASES:
+        return _ALIASES[key]
+    return re.sub(r"_+", "_", re.sub(r"[\s\-]+", "_", name.strip().lower())).strip("_")
+
+
+@dataclass
+class Dataset:
+    """A scanned dataset.
+
+    Attributes:
+        root: the folder (or the manifest's folder) all ``relpath`` values are relative to.
+        manifest: one row per readable image: path (absolute), relpath, label, group, sha256,
+            height, width, bit_depth, format, then any extra manifest columns.
+        quarantine: one row per unusable file: path, relpath, label (or None), reason.
+        duplicates: groups (size >= 2) of relpaths of pixel-identical images.
+        source: ``"folders"``, ``"manifest"`` or ``"synthetic"``.
+        label_provenance: where the labels came from, for reports.
+    """
+
+    root: Path
+    manifest: pd.DataFrame
+    quarantine: pd.DataFrame
+    duplicates: list[list[str]] = field(default_factory=list)
+    source: str = "folders"
+    label_provenance: str = ""
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted labels that have at least one readable image."""
+        return sorted(str(x) for x in self.manifest["label"].dropna().unique())
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (keys: n_images, n_groups, classes, unreadable, duplicates, ...)."""
+        m = self.manifest
+        counts = {str(k): int(v) for k, v in m["label"].dropna().value_counts().items()}
+        for label in self.quarantine["label"].dropna().unique():
+            counts.setdefault(str(label), 0)  # a class whose every file is unreadable
+        sizes: dict[str, int] = {}
+        if len(m):
+            sizes = {
+                "distinct": int(m[["height", "width"]].drop_duplicates().shape[0]),
+                "min_height": int(m["height"].min()),
+                "max_height": int(m["height"].max()),
+                "min_width": int(m["width"].min()),
+                "max_width": int(m["width"].max()),
+            }
+        return {
+            "root": str(self.root),
+            "source": self.source,
+            "label_provenance": self.label_provenance,
+            "n_images": int(len(m)),
+            "n_groups": int(m["group"].nunique()),
+            "classes": dict(sorted(counts.items())),
+            "n_unreadable": int(len(self.quarantine)),
+            "unreadable": [
+                {"path": str(r.relpath), "reason": str(r.reason)} for r in self.quarantine.itertuples()
+            ],
+            "duplicates": [list(g) for g in self.duplicates],
+            "bit_depths": {str(k): int(v) for k, v in sorted(m["bit_depth"].value_counts().items())},
+            "formats": {str(k): int(v) for k, v in sorted(m["format"].value_counts().items())},
+            "sizes": sizes,
+        }
+
+
+@dataclass
+class _Entry:
+    path: Path
+    relpath: str
+    label: str | None
+    group: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    reject: str | None = None  # set when the file must not even be opened
+
+
+def find_dataset(
+    root: str | os.PathLike,
+    *,
+    manifest: str | os.PathLike | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> Dataset:
+    """Scan a dataset folder or manifest; decode every image once; never write anything.
+
+    Args:
+        root: a folder (class folders, ``manifest.csv`` or ``metadata.csv`` inside) or a CSV.
+        manifest: a manifest CSV to use instead (relative paths are relative to ``root``).
+        max_pixels: images larger than this are quarantined (checked before decoding).
+        workers: decoding threads (default: 2 to 4 depending on the CPU count).
+
+    Returns:
+        A :class:`Dataset`. Fewer than two classes is not an error here.
+
+    Raises:
+        DatasetError: ``root`` or the manifest is missing, unreadable, or holds no image file.
+    """
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"`root` must be a str or os.PathLike. Received: root={root!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"`workers` must be a positive int or None. Received: workers={workers!r}")
+    root_path = Path(os.path.abspath(Path(root).expanduser()))
+    if not root_path.exists():
+        raise DatasetError(
+            f"{root}: dataset folder not found (expected a folder of class sub-folders such as "
+            "normal/ and osteoporosis/, or a manifest CSV with columns path,label[,group])"
+        )
+    csv: Path | None = None
+    if manifest is not None:
+        csv = Path(manifest).expanduser()
+        csv = csv if csv.is_absolute() else root_path / csv
+        if not csv.is_file():
+            raise DatasetError(f"{manifest}: manifest CSV not found. Received: manifest={manifest!r}")
+    elif root_path.is_file():
+        if root_path.suffix.lower() != ".csv":
+            raise DatasetError(f"{root}: expected a dataset folder or a manifest .csv file")
+        csv = root_path
+    elif (root_path / "manifest.csv").is_file():
+        csv = root_path / "manifest.csv"
+
+    if csv is not None:
+        base = Path(os.path.abspath(csv.parent))
+        entries = _manifest_entries(csv, base, synthetic=False)
+        source, provenance = "manifest", f"manifest {csv.name} (column 'label')"
+    elif (root_path / "metadata.csv").is_file():
+        base = root_path
+        entries = _manifest_entries(root_path / "metadata.csv", base, synthetic=True)
+        source, provenance = "synthetic", "synthetic generator metadata.csv (latent class of each patient)"
+    else:
+        base = root_path
+        entries, class_root = _folder_entries(root_path)
+        source = "folders"
+        where = class_root.relative_to(root_path).as_posix()
+        provenance = "class folder names" + ("" if where == "." else f" under {where}/")
+    if source == "folders" and not any(e.reject is None for e in entries):
+        others = f"; found {len(entries)} other file(s)" if entries else ""
+        raise DatasetError(
+            f"{root}: no image files found (expected {root}/<class>/*.png|jpg|tif|bmp|dcm, or a manifest "
+            f"CSV with columns path,label[,group]){others}"
+        )
+    return _build(base, entries, source, provenance, max_pixels, workers)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable, multi-line text of :meth:`Dataset.summary`."""
+    if not isinstance(summary, dict):
+        raise TypeError(f"`summary` must be a dict from Dataset.summary(). Received: {type(summary).__name__}")
+    missing = [k for k in ("n_images", "n_groups", "classes", "unreadable", "duplicates") if k not in summary]
+    if missing:
+        raise ValueError(f"`summary` lacks keys {missing}. Received keys: {sorted(summary)}")
+    lines = []
+    if "root" in summary:
+        lines.append(f"Dataset: {summary['root']} (source: {summary.get('source', '?')})")
+    if summary.get("label_provenance"):
+        lines.append(f"Labels from: {summary['label_provenance']}")
+    unreadable = summary["unreadable"]
+    lines.append(
+        f"Images: {summary['n_images']} readable, {len(unreadable)} unreadable; groups: {summary['n_groups']}"
+    )
+    lines.append("Classes:")
+    width = max((len(c) for c in summary["classes"]), default=0)
+    for name, count in summary["classes"].items():
+        lines.append(f"  {name:<{width}}  {count}")
+    if not summary["classes"]:
+        lines.append("  (none)")
+    sizes = summary.get("sizes") or {}
+    if sizes:
+        lines.append(
+            f"Sizes (HxW): {sizes['min_height']}x{sizes['min_width']} to {sizes['max_height']}x{sizes['max_width']}"
+            f" ({sizes['distinct']} distinct)"
+        )
+    if summary.get("bit_depths"):
+        lines.append("Bit depths: " + ", ".join(f"{k}-bit: {v}" for k, v in summary["bit_depths"].items()))
+    if summary.get("formats"):
+        lines.append("Formats: " + ", ".join(f"{k}: {v}" for k, v in summary["formats"].items()))
+    dups = summary["duplicates"]
+    lines.append(f"Pixel-identical duplicates: {len(dups)} group(s)")
+    lines.extend("  " + " == ".join(group) for group in dups)
+    lines.append(f"Unreadable files: {len(unreadable)}")
+    lines.extend(f"  {u['path']}: {u['reason']}" for u in unreadable)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".") and p.name.lower() not in _SKIP_DIRS
+
+
+def _listdir(folder: Path) -> tuple[list[Path], list[Path]]:
+    children = sorted((c for c in folder.iterdir() if _visible(c)), key=lambda c: c.name)
+    return [c for c in children if c.is_dir()], [c for c in children if c.is_file()]
+
+
+def _has_images(files: list[Path]) -> bool:
+    return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in files)
+
+
+def _is_wrapper(folder: Path) -> bool:
+    """A lone sub-folder is a wrapper unless it looks like a class (known label, or images in it)."""
+    if re.sub(r"[\s_\-]+", "", folder.name.lower()) in _ALIASES:
+        return False
+    subdirs, files = _listdir(folder)
+    return bool(subdirs) and not _has_images(files)
+
+
+def _folder_entries(root: Path) -> tuple[list[_Entry], Path]:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: expected a dataset folder")
+    class_root = root
+    for _ in range(_MAX_WRAPPER_DEPTH):  # descend through single wrapper folders
+        subdirs, files = _listdir(class_root)
+        if len(subdirs) != 1 or _has_images(files) or not _is_wrapper(subdirs[0]):
+            break
+        class_root = subdirs[0]
+    subdirs, files = _listdir(class_root)
+    entries: list[_Entry] = []
+    for f in files:
+        if f.suffix.lower() in IMAGE_EXTENSIONS:
+            rel = f.relative_to(root).as_posix()
+            entries.append(_Entry(f, rel, None, reject="image outside any class folder (expected <root>/<class>/<file>)"))
+    for folder in subdirs:
+        label = canonical_label(folder.name)
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in _SKIP_DIRS)
+            for name in sorted(filenames):
+                if name.startswith(".") or name.lower() in _JUNK_FILES:
+                    continue
+                path = Path(dirpath) / name
+                rel = path.relative_to(root).as_posix()
+                if is_image_candidate(path):
+                    entries.append(_Entry(path, rel, label))
+                else:
+                    entries.append(_Entry(path, rel, label, reject=f"not an image file (extension {path.suffix})"))
+    entries.sort(key=lambda e: e.relpath)
+    return entries, class_root
+
+
+def _read_csv(csv: Path) -> pd.DataFrame:
+    try:
+        header = pd.read_csv(csv, nrows=0).columns
+        dtype = {c: str for c in header if str(c).strip().lower() in _TEXT_COLUMNS}
+        df = pd.read_csv(csv, dtype=dtype)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise DatasetError(f"{csv}: cannot read manifest CSV ({exc})") from None
+    # key columns match in any case; other columns (H, T_latent, ...) keep their names
+    df.columns = [str(c).strip().lower() if str(c).strip().lower() in _KEY_COLUMNS else str(c) for c in df.columns]
+    if df.columns.duplicated().any():
+        raise DatasetError(f"{csv}: duplicate column names. Received columns: {list(df.columns)}")
+    return df
+
+
+def _manifest_entries(csv: Path, base: Path, *, synthetic: bool) -> list[_Entry]:
+    df = _read_csv(csv)
+    cols = set(df.columns)
+    if synthetic and "path" not in cols and {"image_id", "label"} <= cols:
+        folder = df["label_name"] if "label_name" in cols else df["label"]
+        df["path"] = folder.astype(str) + "/" + df["image_id"].astype(str) + ".png"
+        cols.add("path")
+    label_col = "label"
+    if "label_name" in cols and "label" in cols and df["label"].dropna().astype(str).str.fullmatch(r"\d+").all():
+        label_col = "label_name"  # numeric class index next to its name
+    if "path" not in cols or not ({"label", "tbs"} & cols):
+        raise DatasetError(
+            f"{csv}: a manifest needs columns path,label[,group] (or path,tbs). Received columns: {sorted(cols)}"
+        )
+    if len(df) == 0:
+        raise DatasetError(f"{csv}: manifest has no rows")
+    group_col = "group" if "group" in cols else ("patient_id" if "patient_id" in cols else None)
+    consumed = {"path", "label", "group"}
+    extra_cols = [c for c in df.columns if c not in consumed]
+    rename = {c: (f"{c}_manifest" if c in _COLUMNS else c) for c in extra_cols}
+    real_base = os.path.realpath(base)
+    entries = []
+    for i, row in enumerate(df.to_dict("records")):
+        raw = row["path"]
+        label_raw = row.get(label_col)
+        label = canonical_label(str(label_raw)) if isinstance(label_raw, str) and label_raw.strip() else None
+        group = row.get(group_col) if group_col else None
+        group = str(group) if group is not None and not pd.isna(group) else None
+        extra = {rename[c]: row[c] for c in extra_cols}
+        if not isinstance(raw, str) or not raw.strip():
+            entries.append(_Entry(base, f"<row {i + 2}>", label, group, extra, reject="empty path in manifest"))
+            continue
+        norm = raw.strip().replace("\\", "/")
+        rel = PurePosixPath(norm)
+        reject = None
+        if rel.is_absolute() or re.match(r"^[A-Za-z]:", norm):
+            reject = f"absolute path not allowed in a manifest (paths are relative to {base})"
+        elif ".." in rel.parts:
+            reject = "path escapes the manifest folder via '..'"
+        else:
+            real = os.path.realpath(base / rel)
+            if os.path.commonpath([real, real_base]) != real_base:
+                reject = "path resolves outside the manifest folder (symlink)"
+        rel_str = raw if reject else rel.as_posix()
+        entries.append(_Entry(base / rel if not reject else Path(norm), rel_str, label, group, extra, reject))
+    return entries
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _probe(path: Path, max_pixels: int) -> tuple[Any, str] | str:
+    """(ImageInfo, sha256) of a readable image, else the reason it is unusable."""
+    try:
+        image, info = load_xray_with_info(path, max_pixels=max_pixels)
+        return info, pixel_sha256(image)
+    except ImageLoadError as exc:
+        return exc.reason
+    except Exception as exc:  # recorded in the quarantine with its type, never fatal
+        return f"unexpected error while reading ({type(exc).__name__}: {exc})"
+
+
+def _build(
+    base: Path, entries: list[_Entry], source: str, provenance: str, max_pixels: int, workers: int | None
+) -> Dataset:
+    todo = [e for e in entries if e.reject is None]
+    n_workers = workers or min(4, max(2, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        results = dict(zip(map(id, todo), pool.map(lambda e: _probe(e.path, max_pixels), todo)))
+    rows, bad = [], []
+    for e in entries:
+        result = e.reject if e.reject is not None else results[id(e)]
+        if isinstance(result, str):
+            path = str(e.path) if e.reject is None or source == "folders" else e.relpath
+            bad.append({"path": path, "relpath": e.relpath, "label": e.label, "reason": result})
+            continue
+        info, sha = result
+        rows.append(
+            {
+                "path": str(e.path),
+                "relpath": e.relpath,
+                "label": e.label,
+                "group": e.group if e.group is not None else e.relpath,
+                "sha256": sha,
+                "height": info.height,
+                "width": info.width,
+                "bit_depth": info.bit_depth,
+                "format": info.format,
+                **e.extra,
+            }
+        )
+    extra_cols = list(dict.fromkeys(c for e in entries for c in e.extra))
+    manifest = pd.DataFrame(rows, columns=_COLUMNS + extra_cols)
+    quarantine = pd.DataFrame(bad, columns=_QUARANTINE_COLUMNS)
+    by_sha: dict[str, list[str]] = {}
+    for sha, rel in zip(manifest["sha256"], manifest["relpath"]):
+        by_sha.setdefault(sha, []).append(rel)
+    duplicates = sorted(sorted(g) for g in by_sha.values() if len(g) >= 2)
+    return Dataset(
+        root=base,
+        manifest=manifest,
+        quarantine=quarantine,
+        duplicates=duplicates,
+        source=source,
+        label_provenance=provenance,
+    )

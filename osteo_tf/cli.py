@@ -66,6 +66,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0 if all(r["meets_target"] for r in records) else 1
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from osteo_tf import reports
+
+    params = reports.parse_overrides(args.param or [])
+    runs = reports.run_studies(args.studies, profile=args.profile, data_dir=args.data, out=args.out,
+                               params=params, progress=lambda msg: print(msg, flush=True))
+    failed = [r.study for r in runs if r.status != "ok"]
+    print(f"{len(runs) - len(failed)}/{len(runs)} studies ok; index: {Path(args.out) / 'index.html'}")
+    if failed:
+        print(f"failed: {', '.join(failed)} (partial reports kept)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from osteo_tf.config import PROFILES
+    from osteo_tf.studies import STUDIES
+
+    print("studies:")
+    for name, st in STUDIES.items():
+        mark = "" if st.notebook.exists() else "  (notebook not yet written)"
+        print(f"  {name:<32} {st.title}{mark}")
+    try:
+        from osteo_tf import models
+
+        print("models:\n  " + ", ".join(models.names()))
+    except ImportError as exc:  # pragma: no cover
+        print(f"models: unavailable ({exc})")
+    print("profiles:")
+    for p in PROFILES.values():
+        print(f"  {p.name:<6} {p.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of ``osteo-tf``."""
     parser = argparse.ArgumentParser(
@@ -93,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the records as JSON")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("run", help="execute study notebooks with papermill and export HTML reports")
+    p.add_argument("studies", nargs="+", help="study names or numbers, or 'all'")
+    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    p.add_argument("--data", default=None, help="a dataset folder or manifest CSV (default: synthetic data)")
+    p.add_argument("--out", default="reports", type=Path, help="output folder (default: reports)")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
+                   help="override a notebook parameter (unknown keys are an error)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("list", help="list studies, models and profiles")
+    p.set_defaults(func=_cmd_list)
     return parser
 
 

@@ -1,0 +1,357 @@
+"""Glue the study notebooks call: set up a run, fit and evaluate one model, write metrics.json.
+
+A notebook cell reads like the paper's methods section::
+
+    ctx = experiments.setup("04-dxa-tbs", profile=profile, data_dir=data_dir, seed=seed, out_dir=out_dir)
+    split = splits.grouped_split(ctx.manifest, val=0.15, test=0.15, seed=seed)
+    run = experiments.fit_evaluate(ctx, split, model="resnet18", experiment="approach1",
+                                   rec=training.recipe("study04", "approach1", epochs=ctx.epochs))
+
+Everything that decides a number lives here or in the modules it calls, never in a notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from osteo_tf import __version__
+from osteo_tf.config import Profile, data_dir as default_data_dir, get_profile, seed_everything
+
+
+@dataclass
+class Context:
+    """Everything a study run shares: profile, data, provenance, output folder."""
+
+    study: str
+    profile: Profile
+    seed: int
+    manifest: pd.DataFrame
+    class_names: list[str]
+    data: dict
+    out_dir: Path
+    image_size: int
+    epochs: int
+    weights: str = "imagenet"
+    allow_random_init: bool = True
+    results: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    quarantine: pd.DataFrame | None = None
+    duplicates: list = field(default_factory=list)
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where the training run folders of this study go."""
+        return self.out_dir / "runs"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "osteo_tf": __version__}
+    for pkg in ("tensorflow", "keras", "numpy", "scikit-learn", "scikit-image", "opencv-python", "bm3d",
+                "lime", "tf-keras-vis", "papermill", "pydicom"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def synthetic_dataset(mode: str, *, classes: int = 2, patients: int = 100, preset: str = "default",
+                      size: int | None = None, seed: int = 0, root: str | Path | None = None) -> Path:
+    """Generate (once) and return the folder of a synthetic dataset; reruns reuse it."""
+    from osteo_tf import synthetic
+
+    root = Path(root) if root else default_data_dir() / "synthetic"
+    folder = root / f"{mode}-{classes}c-{preset}-p{patients}-s{size or 'default'}-seed{seed}"
+    if not (folder / "metadata.csv").exists():
+        synthetic.write_dataset(folder, mode=mode, classes=classes, patients=patients, preset=preset,
+                                size=size, seed=seed)
+    return folder
+
+
+def setup(
+    study: str,
+    *,
+    profile: str = "smoke",
+    data_dir: str | None = None,
+    seed: int = 0,
+    out_dir: str | None = None,
+    synthetic_mode: str | None = None,
+    classes: int | None = None,
+    preset: str = "default",
+    patients: int | None = None,
+    synth_size: int | None = None,
+    image_size: int | None = None,
+    epochs: int | None = None,
+    weights: str = "imagenet",
+    allow_random_init: bool = True,
+    label_map: dict | None = None,
+) -> Context:
+    """Seed everything, resolve the profile, find or generate the data, record provenance.
+
+    Args:
+        study: the study name (``osteo_tf.studies``).
+        profile: "smoke", "quick" or "full".
+        data_dir: a dataset folder or manifest CSV of the user's; empty/None = synthetic default.
+        seed: global seed.
+        out_dir: the report folder (metrics.json, run folders); default ``reports/<study>``.
+        synthetic_mode, classes, preset, patients, synth_size: synthetic data options
+            (defaults from the study and the profile).
+        image_size, epochs: override the profile's values (0/None = profile default).
+        weights, allow_random_init: ImageNet weights and whether a missing weights file may fall
+            back to random initialisation (stated in the report).
+        label_map: optional renaming of labels (e.g. {"partially_degraded": None} drops a class).
+
+    Returns:
+        A :class:`Context`.
+    """
+    from osteo_tf import datasets
+    from osteo_tf.config import reports_dir
+    from osteo_tf.studies import get_study
+
+    st = get_study(study)
+    prof = get_profile(profile)
+    seed_everything(seed)
+    out = Path(out_dir) if out_dir else reports_dir() / st.name
+    out.mkdir(parents=True, exist_ok=True)
+    if data_dir:
+        ds = datasets.find_dataset(data_dir)
+        source = str(Path(data_dir).resolve())
+        provenance = ds.source + (": labels from the folder names" if ds.source == "folders" else ": labels from the manifest")
+    else:
+        mode = synthetic_mode or st.synthetic_mode
+        n_classes = classes or st.classes
+        folder = synthetic_dataset(mode, classes=n_classes, patients=patients or prof.patients, preset=preset,
+                                   size=synth_size, seed=seed)
+        ds = datasets.find_dataset(folder)
+        source = f"synthetic:{mode}/{preset}"
+        provenance = ("synthetic generator (osteo_tf.synthetic): labels are the generator's latent class; "
+                      "accuracy on it says nothing clinical")
+    manifest = ds.manifest.copy()
+    if label_map:
+        manifest["label"] = manifest["label"].map(lambda v: label_map.get(v, v))
+        manifest = manifest[manifest["label"].notna()].reset_index(drop=True)
+    class_names = sorted(manifest["label"].unique(), key=_class_order)
+    data = {
+        "source": source,
+        "n_images": int(len(manifest)),
+        "n_groups": int(manifest["group"].nunique()),
+        "classes": {c: int((manifest["label"] == c).sum()) for c in class_names},
+        "label_provenance": provenance,
+        "n_unreadable": int(len(ds.quarantine)),
+    }
+    return Context(
+        study=st.name, profile=prof, seed=seed, manifest=manifest, class_names=class_names, data=data,
+        out_dir=out, image_size=int(image_size or prof.image_size), epochs=int(epochs or prof.epochs),
+        weights=weights, allow_random_init=allow_random_init, quarantine=ds.quarantine, duplicates=ds.duplicates,
+    )
+
+
+_ORDER = {"normal": 0, "osteopenia": 1, "partially_degraded": 1, "osteoporosis": 2, "degraded": 2}
+
+
+def _class_order(name: str):
+    """Healthy first, disease last (the positive class is the last one)."""
+    return (_ORDER.get(name, 1), name)
+
+
+def describe(ctx: Context) -> pd.DataFrame:
+    """Parameters, seed, versions and provenance as a two-column table for the report."""
+    rows = [("study", ctx.study), ("profile", f"{ctx.profile.name}: {ctx.profile.description}"),
+            ("seed", ctx.seed), ("image size", ctx.image_size), ("epochs", ctx.epochs),
+            ("weights", ctx.weights + (" (random init allowed when the file is missing)" if ctx.allow_random_init else "")),
+            ("data source", ctx.data["source"]), ("label provenance", ctx.data["label_provenance"]),
+            ("images / groups", f"{ctx.data['n_images']} / {ctx.data['n_groups']}"),
+            ("classes", ", ".join(f"{k}: {v}" for k, v in ctx.data["classes"].items())),
+            ("unreadable files skipped", ctx.data["n_unreadable"])]
+    rows += [(f"version {k}", v) for k, v in versions().items()]
+    return pd.DataFrame(rows, columns=["item", "value"]).astype(str)
+
+
+@dataclass
+class FitResult:
+    """One trained and evaluated model."""
+
+    record: dict
+    y_true: np.ndarray
+    y_prob: np.ndarray
+    groups: np.ndarray
+    model: Any
+    train: Any
+    weights_used: str
+
+
+def build_model(ctx: Context, name: str, *, num_classes: int | None = None, image_size: int | None = None, **options):
+    """Build a registry model for this context (ImageNet weights, or random init when allowed)."""
+    from osteo_tf import models
+
+    size = int(image_size or ctx.image_size)
+    kwargs = dict(input_shape=(size, size, 3), num_classes=num_classes or len(ctx.class_names), **options)
+    weights = options.pop("weights", None) or ctx.weights
+    kwargs.pop("weights", None)
+    if name.startswith("study0"):  # the studies' own CNNs are trained from scratch
+        weights = None
+    return models.build(name, weights=weights, allow_random_init=ctx.allow_random_init, **kwargs)
+
+
+def fit_evaluate(
+    ctx: Context,
+    split: pd.DataFrame,
+    *,
+    model: str | Callable,
+    experiment: str,
+    rec,
+    protocol: str = "clean",
+    image_size: int | None = None,
+    steps: Sequence = (),
+    augmenter=None,
+    class_weight: dict | None = None,
+    model_options: dict | None = None,
+    head_only_features: bool = False,
+    record_as: str | None = None,
+    keep: bool = True,
+) -> FitResult:
+    """Train one model on ``split`` (train/val) and evaluate it on the untouched test split.
+
+    Args:
+        ctx: the study context.
+        split: manifest with a ``split`` column ("train", optional "val", "test").
+        model: a registry name or a zero-argument builder.
+        experiment: experiment label for metrics.json (e.g. "E4").
+        rec: a :class:`osteo_tf.training.Recipe` (batch size, optimizer, epochs).
+        protocol: "clean" or "paper" (study 01's augment-then-split), recorded.
+        image_size: overrides the context's.
+        steps: deterministic preprocessing steps (``osteo_tf.preprocessing.STEPS``).
+        augmenter: on-the-fly training augmentation (training split only).
+        class_weight: class weights from the training split.
+        model_options: extra keyword arguments of ``models.build``.
+        head_only_features: train the head on cached backbone features (frozen backbone, no
+            on-the-fly augmentation allowed).
+        record_as: model name in the record (default: ``model``).
+        keep: append the record to ``ctx.results``.
+
+    Returns:
+        :class:`FitResult` with the metrics.json record and the test predictions.
+    """
+    from osteo_tf import evaluation, models, pipeline, training
+
+    size = int(image_size or ctx.image_size)
+    name = model if isinstance(model, str) else getattr(model, "__name__", "custom")
+    keras_model = build_model(ctx, model, image_size=size, **(model_options or {})) if isinstance(model, str) else model()
+    info = models.build_info(keras_model) if isinstance(model, str) else {"weights": "custom"}
+    spec = models.get_spec(model) if isinstance(model, str) else None
+    sigmoid = keras_model.output_shape[-1] == 1
+    label_mode = "binary" if sigmoid else "categorical"
+    if sigmoid and rec.loss != "binary_crossentropy":
+        from dataclasses import replace
+
+        rec = replace(rec, loss="binary_crossentropy")
+    scale = spec.preprocess if spec is not None else None
+    parts = {s: split[split["split"] == s] for s in ("train", "val", "test")}
+    if len(parts["train"]) == 0 or len(parts["test"]) == 0:
+        raise ValueError(f"split needs train and test rows; got {split['split'].value_counts().to_dict()}")
+    common = dict(class_names=ctx.class_names, image_size=size, steps=steps, scale=scale, label_mode=label_mode,
+                  batch_size=rec.batch_size)
+    train_ds = pipeline.make_dataset(parts["train"], training=True, augmenter=augmenter, seed=ctx.seed, **common)
+    val_ds = pipeline.make_dataset(parts["val"], **common) if len(parts["val"]) else None
+    test_ds = pipeline.make_dataset(parts["test"], **common)
+    run_dir = ctx.runs_dir / f"{experiment}-{record_as or name}-{protocol}".replace(" ", "_").replace("/", "_")
+    t0 = time.perf_counter()
+    if head_only_features:
+        if augmenter is not None:
+            raise ValueError("head_only_features cannot use an on-the-fly augmenter (features are cached once)")
+        out = training.train_head_on_features(keras_model, train_ds, val_ds, rec=rec, epochs=ctx.epochs if rec.epochs is None else rec.epochs, seed=ctx.seed)
+        train_info = out
+        epoch_seconds = out["epoch_seconds"]
+        train_seconds = out["train_seconds"]
+    else:
+        keras_model, train_info = training.train(
+            keras_model, train_ds, val_ds, rec=rec, run_dir=run_dir,
+            config={"study": ctx.study, "experiment": experiment, "model": name, "protocol": protocol,
+                    "seed": ctx.seed, "weights": info.get("weights"), "image_size": size})
+        epoch_seconds = train_info.epoch_seconds
+        train_seconds = train_info.train_seconds
+    wall = time.perf_counter() - t0
+    y_prob = training.predict_proba(keras_model, test_ds)
+    y_true = pipeline.encode_labels(parts["test"]["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
+    groups = parts["test"]["group"].astype(str).to_numpy()
+    record = evaluation.result_record(
+        experiment=experiment, model=record_as or name, protocol=protocol, y_true=y_true, y_prob=y_prob,
+        groups=groups, class_names=ctx.class_names, train_seconds=round(float(train_seconds), 2), seed=ctx.seed,
+        extra={"weights": info.get("weights"), "image_size": size, "epochs_run": len(epoch_seconds),
+               "seconds_per_10_epochs": round(10 * float(np.mean(epoch_seconds)), 2) if epoch_seconds else None,
+               "wall_seconds": round(wall, 2), "n_train_images": int(len(parts["train"])),
+               "n_train_groups": int(parts["train"]["group"].nunique())},
+    )
+    if keep:
+        ctx.results.append(record)
+    return FitResult(record, y_true, y_prob, groups, keras_model, train_info, str(info.get("weights")))
+
+
+def results_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "auc")) -> pd.DataFrame:
+    """A compact table of result records with 95% CIs as "0.812 [0.70, 0.90]"."""
+    rows = []
+    for r in records:
+        row = {"experiment": r["experiment"], "model": r["model"], "protocol": r.get("protocol", "")}
+        for k in keys:
+            v = r.get(k)
+            ci = (r.get("ci95") or {}).get(k)
+            row[k] = "–" if v is None else (f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else ""))
+        row["train s"] = r.get("train_seconds")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def finish(ctx: Context, *, paper: list[dict] | None = None, extra: dict | None = None) -> Path:
+    """Write ``metrics.json`` for this run (design.md format) and return its path."""
+    from osteo_tf import evaluation
+    from osteo_tf.studies import get_study
+
+    doc = evaluation.metrics_document(
+        study=ctx.study, profile=ctx.profile.name, seed=ctx.seed, data=ctx.data, versions=versions(),
+        results=ctx.results, paper=paper if paper is not None else get_study(ctx.study).paper,
+        extra={**ctx.extra, **(extra or {})},
+    )
+    path = ctx.out_dir / "metrics.json"
+    evaluation.write_metrics_json(path, doc)
+    return path
+
+
+def leakage_summary(split: pd.DataFrame) -> pd.DataFrame:
+    """The leakage check of a split as a one-row table for reports."""
+    from osteo_tf import splits
+
+    rep = splits.leakage_report(split)
+    return pd.DataFrame([{
+        "groups on several sides": rep["n_shared_groups"],
+        "pixel-identical images on several sides": rep["n_shared_images"],
+        "test images whose group is in training": rep["test_images_with_train_group"],
+        "clean": rep["clean"],
+    }])
+
+
+def save_json(obj: Any, path: str | Path) -> Path:
+    """Write a JSON side file next to the report (NaN -> null)."""
+    def _clean(o):
+        if isinstance(o, float) and not np.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: _clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [_clean(v) for v in o]
+        if isinstance(o, np.generic):
+            return _clean(o.item())
+        return o
+
+    Path(path).write_text(json.dumps(_clean(obj), indent=2) + "\n")
+    return Path(path)

@@ -1,0 +1,293 @@
+"""tf.data pipelines: manifest -> decode -> deterministic preprocessing -> cache -> augment -> batch.
+
+One function, :func:`make_dataset`, turns the rows of a split manifest into a batched
+``tf.data.Dataset`` of ``(images, labels)`` ready for ``model.fit``:
+
+1. decode every file with :func:`osteo_tf.io.load_xray` (PNG/JPEG/TIFF/BMP at full bit depth,
+   DICOM) inside a parallel ``map`` (Pillow and OpenCV release the GIL, so AUTOTUNE threads
+   really run in parallel);
+2. apply the deterministic preprocessing steps (``osteo_tf.preprocessing.STEPS`` by name) and
+   resize; expensive steps (BM3D, non-local means) are computed beforehand by
+   :func:`osteo_tf.preprocessing.cached_apply_steps` in a process pool with a content-addressed
+   disk cache, so a rerun costs almost nothing;
+3. ``cache()`` the decoded, preprocessed images in memory (or in a file), so later epochs skip
+   all of the above;
+4. training split only: shuffle (seeded, reshuffled each epoch), batch, random augmentation
+   (Keras preprocessing layers called with ``training=True``);
+5. grey -> 3 channels and the backbone's input scaling, then ``prefetch``.
+
+Deterministic intensity steps live here, never inside the model, so inference
+(:func:`load_for_inference`) sees exactly what training saw (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: Preprocessing steps too slow to run inside the tf.data map: precomputed in parallel and cached.
+EXPENSIVE_STEPS = frozenset({"bm3d_denoise", "nlmeans_denoise"})
+
+LABEL_MODES = ("categorical", "binary", "int")
+
+#: Deterministic preprocessing of each study (before the resize to the model's input size).
+STUDY_STEPS: dict[str, list[tuple[str, dict]]] = {
+    "study01": [],
+    "study02": [("bm3d_denoise", {"profile": "lc"}), ("minmax_scale", {})],
+    "study03": [("mean_filter", {"size": 3}), ("equalize_hist", {}), ("roi_crop", {"erosion_radius": 2})],
+    "study03_smudged": [("mean_filter", {"size": 3}), ("equalize_hist", {}), ("roi_crop", {"erosion_radius": 2}),
+                        ("smudge", {"size": 15})],
+    "study04": [],
+    "study05": [],
+}
+"""Study 02: BM3D then min-max scaling. Study 03: mean filter, histogram equalization, ROI crop
+(threshold, erosion, largest component, bounding box), optionally smudging. Studies 01, 04 and 05
+only resize (their augmentation is separate)."""
+
+
+def _validate_steps(steps: Sequence) -> list[tuple[str, dict]]:
+    from osteo_tf import preprocessing
+
+    out = []
+    for step in steps or ():
+        if isinstance(step, str):
+            name, params = step, {}
+        else:
+            try:
+                name, params = step
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"each step must be a name or a (name, params) pair. Received: step={step!r}"
+                ) from None
+        if name not in preprocessing.STEPS:
+            raise ValueError(
+                f"unknown preprocessing step {name!r}. Known: {sorted(preprocessing.STEPS)}"
+            )
+        out.append((name, dict(params or {})))
+    return out
+
+
+def preprocess_image(image: np.ndarray, *, image_size: int | tuple[int, int], steps: Sequence = ()) -> np.ndarray:
+    """Deterministic preprocessing of one decoded image: ``steps`` then resize.
+
+    Args:
+        image: (H, W) float32 in [0, 1].
+        image_size: output size, an int (square) or (height, width).
+        steps: preprocessing steps as names or ``(name, params)`` pairs.
+
+    Returns:
+        (h, w) float32 in [0, 1].
+    """
+    from osteo_tf import preprocessing
+
+    steps = _validate_steps(steps)
+    if steps:
+        image = preprocessing.apply_steps(image, steps)
+    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    if image.shape != size:
+        image = preprocessing.resize(image, size)
+    return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def decode_and_preprocess(path: str, *, image_size, steps: Sequence = ()) -> np.ndarray:
+    """Load one file and preprocess it (what the tf.data map does for each element)."""
+    from osteo_tf.io import load_xray
+
+    return preprocess_image(load_xray(path), image_size=image_size, steps=steps)
+
+
+def to_model_input(images, *, channels: int = 3, scale: Callable | None = None):
+    """Grey (B, H, W) or (B, H, W, 1) in [0, 1] -> (B, H, W, channels), then backbone scaling.
+
+    Works on NumPy arrays and tensors alike (it is used inside ``Dataset.map`` and for inference).
+    """
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(images, dtype=tf.float32)
+    if x.shape.rank == 3:
+        x = x[..., tf.newaxis]
+    if channels == 3:
+        x = tf.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+    elif channels != 1:
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels}")
+    if scale is not None:
+        x = scale(x)
+    return x
+
+
+def encode_labels(labels: Sequence, class_names: Sequence[str], *, label_mode: str = "categorical") -> np.ndarray:
+    """Class names -> model targets.
+
+    Args:
+        labels: one class name per image.
+        class_names: the ordered classes; index = position.
+        label_mode: "categorical" (one-hot, softmax heads), "binary" ((N, 1) float of class 1,
+            single-sigmoid heads; needs exactly two classes), or "int".
+
+    Raises:
+        ValueError: on an unknown label or mode.
+    """
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"label_mode must be one of {LABEL_MODES}. Received: label_mode={label_mode!r}")
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted(set(map(str, labels)) - set(index))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not in class_names={list(class_names)}")
+    y = np.array([index[str(v)] for v in labels], dtype=np.int32)
+    if label_mode == "int":
+        return y
+    if label_mode == "binary":
+        if len(class_names) != 2:
+            raise ValueError(f"label_mode='binary' needs 2 classes. Received: class_names={list(class_names)}")
+        return y.astype(np.float32)[:, None]
+    return np.eye(len(class_names), dtype=np.float32)[y]
+
+
+def precompute(paths: Sequence[str], *, image_size, steps: Sequence = (), n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode + preprocess many files with the expensive steps cached on disk.
+
+    Returns:
+        ``(images, ok)``: images (N, h, w) float32 (zeros where a file failed) and a boolean
+        mask of the files that loaded. Failures are logged with their reason, never fatal.
+    """
+    from osteo_tf import preprocessing
+    from osteo_tf.io import ImageLoadError, load_xray
+
+    steps = _validate_steps(steps)
+    # Split the step list at the last expensive step: everything up to it is cached on disk.
+    last = max((i for i, (n, _) in enumerate(steps) if n in EXPENSIVE_STEPS), default=-1)
+    head, tail = steps[: last + 1], steps[last + 1 :]
+    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    out = np.zeros((len(paths), *size), np.float32)
+    ok = np.ones(len(paths), bool)
+    if head:
+        cached = preprocessing.cached_apply_steps(list(paths), head, n_jobs=n_jobs)
+    for i, p in enumerate(paths):
+        try:
+            img = cached[i] if head else load_xray(p)
+            if img is None:
+                raise ImageLoadError(p, "preprocessing failed")
+            out[i] = preprocess_image(img, image_size=size, steps=tail)
+        except ImageLoadError as exc:
+            ok[i] = False
+            log.warning("skipping %s", exc)
+    return out, ok
+
+
+def make_dataset(
+    manifest: pd.DataFrame,
+    *,
+    class_names: Sequence[str],
+    image_size: int | tuple[int, int] = 224,
+    batch_size: int = 32,
+    training: bool = False,
+    steps: Sequence = (),
+    augmenter: Callable | None = None,
+    scale: Callable | None = None,
+    channels: int = 3,
+    label_mode: str = "categorical",
+    label_col: str = "label",
+    seed: int = 0,
+    cache: bool | str = True,
+    drop_remainder: bool = False,
+):
+    """Build the batched tf.data pipeline for one split.
+
+    Args:
+        manifest: rows of ONE split, with ``path`` and ``label_col`` columns.
+        class_names: ordered class names (index = class id); pass the same list to every split.
+        image_size: output size (int = square).
+        batch_size: images per batch.
+        training: shuffle each epoch and apply ``augmenter``; False for val/test (no randomness).
+        steps: deterministic preprocessing steps (names or (name, params) pairs from
+            ``osteo_tf.preprocessing.STEPS``), applied before the cache.
+        augmenter: a callable ``augmenter(x, training=True)`` on (B, H, W, 1) batches, e.g.
+            :func:`osteo_tf.augment.training_augmenter`; only used when ``training`` is True.
+        scale: the backbone's input scaling on (B, H, W, C) in [0, 1] (``spec.preprocess``).
+        channels: 3 (grey repeated, for ImageNet backbones) or 1.
+        label_mode: see :func:`encode_labels`.
+        label_col: the label column.
+        seed: shuffle seed.
+        cache: True = in memory, a path = a cache file, False = no cache.
+        drop_remainder: drop the last partial batch.
+
+    Returns:
+        ``tf.data.Dataset`` of ``(x, y)`` batches.
+
+    Raises:
+        ValueError: on a missing column, an empty manifest or bad options.
+    """
+    import tensorflow as tf
+
+    for col in ("path", label_col):
+        if col not in manifest.columns:
+            raise ValueError(f"manifest has no column {col!r}. Columns: {list(manifest.columns)}")
+    if len(manifest) == 0:
+        raise ValueError("manifest is empty: this split has no images")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    if augmenter is not None and not training:
+        warnings.warn("augmenter is ignored because training=False (augment the training split only)", stacklevel=2)
+    steps = _validate_steps(steps)
+    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    paths = manifest["path"].astype(str).tolist()
+    y = encode_labels(manifest[label_col].astype(str).tolist(), class_names, label_mode=label_mode)
+
+    if any(name in EXPENSIVE_STEPS for name, _ in steps):
+        images, ok = precompute(paths, image_size=size, steps=steps)
+        ds = tf.data.Dataset.from_tensor_slices((images[ok], y[ok]))
+    else:
+        def _load(path):
+            from osteo_tf.io import ImageLoadError
+
+            p = path.decode() if isinstance(path, bytes) else str(path)
+            try:
+                return decode_and_preprocess(p, image_size=size, steps=steps), np.bool_(True)
+            except ImageLoadError as exc:
+                log.warning("skipping %s", exc)
+                return np.zeros(size, np.float32), np.bool_(False)
+
+        def _map(path, label):
+            img, ok = tf.numpy_function(_load, [path], [tf.float32, tf.bool], stateful=False)
+            img.set_shape(size)
+            ok.set_shape(())
+            return img, label, ok
+
+        ds = tf.data.Dataset.from_tensor_slices((paths, y))
+        ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.filter(lambda img, label, ok: ok).map(lambda img, label, ok: (img, label))
+    if cache:
+        ds = ds.cache() if cache is True else ds.cache(str(cache))
+    if training:
+        ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda x, lab: (x[..., tf.newaxis], lab), num_parallel_calls=tf.data.AUTOTUNE)
+    if training and augmenter is not None:
+        ds = ds.map(lambda x, lab: (tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0), lab),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, lab: (to_model_input(x, channels=channels, scale=scale), lab),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_for_inference(paths: Sequence[str], *, image_size, steps: Sequence = (), channels: int = 3,
+                       scale: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly the evaluation-time pipeline for a list of files, as arrays.
+
+    Returns:
+        ``(x, ok)``: x (N, h, w, channels) float32 ready for ``model.predict`` and the mask of
+        files that loaded (rows of failed files are zeros).
+    """
+    images, ok = precompute(paths, image_size=image_size, steps=steps)
+    return np.asarray(to_model_input(images, channels=channels, scale=scale)), ok
+
+
+def labels_of(ds) -> np.ndarray:
+    """Concatenate the labels of a (non-shuffled) dataset, in order."""
+    return np.concatenate([np.asarray(lab) for _, lab in ds], axis=0)

@@ -1,0 +1,106 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from osteo_tf import augment, io, pipeline  # noqa: E402
+
+
+def _write(tmp_path, n=12, size=40, classes=("normal", "osteoporosis")):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        label = classes[i % len(classes)]
+        img = np.clip(rng.random((size, size)) * 0.5 + 0.4 * (i % 2), 0, 1).astype(np.float32)
+        p = tmp_path / label / f"img{i:02d}.png"
+        io.save_png(img, p)
+        rows.append({"path": str(p), "label": label, "group": f"p{i // 2}"})
+    return pd.DataFrame(rows)
+
+
+def test_batches_have_model_shape_and_one_hot_labels(tmp_path):
+    m = _write(tmp_path)
+    ds = pipeline.make_dataset(m, class_names=["normal", "osteoporosis"], image_size=32, batch_size=5)
+    batches = list(ds)
+    assert [b[0].shape[0] for b in batches] == [5, 5, 2]
+    x, y = batches[0]
+    assert x.shape == (5, 32, 32, 3) and x.dtype == tf.float32
+    assert float(tf.reduce_min(x)) >= 0 and float(tf.reduce_max(x)) <= 1
+    np.testing.assert_array_equal(y.numpy()[:2], [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(x.numpy()[..., 0], x.numpy()[..., 2])  # grey repeated
+
+
+def test_eval_pipeline_is_deterministic_and_matches_inference(tmp_path):
+    m = _write(tmp_path)
+    kw = dict(class_names=["normal", "osteoporosis"], image_size=24, batch_size=4)
+    a = np.concatenate([x.numpy() for x, _ in pipeline.make_dataset(m, **kw)])
+    b = np.concatenate([x.numpy() for x, _ in pipeline.make_dataset(m, **kw)])
+    np.testing.assert_array_equal(a, b)
+    inf, ok = pipeline.load_for_inference(m["path"].tolist(), image_size=24)
+    assert ok.all()
+    np.testing.assert_array_equal(a, inf)  # train/inference parity of the deterministic steps
+
+
+def test_training_split_is_shuffled_and_augmented_only_when_training(tmp_path):
+    m = _write(tmp_path)
+    aug = augment.training_augmenter(rotation_deg=20, seed=1)
+    kw = dict(class_names=["normal", "osteoporosis"], image_size=24, batch_size=12)
+    (x_eval, y_eval), = list(pipeline.make_dataset(m, **kw))
+    (x_train, y_train), = list(pipeline.make_dataset(m, training=True, augmenter=aug, seed=0, **kw))
+    assert not np.array_equal(y_eval.numpy(), y_train.numpy()) or not np.array_equal(x_eval.numpy(), x_train.numpy())
+    # same multiset of labels: shuffling, not resampling
+    np.testing.assert_array_equal(np.sort(y_eval.numpy().argmax(1)), np.sort(y_train.numpy().argmax(1)))
+    with pytest.warns(UserWarning, match="training=False"):
+        pipeline.make_dataset(m, augmenter=aug, **kw)
+
+
+def test_bad_image_is_skipped_not_fatal(tmp_path, caplog):
+    m = _write(tmp_path, n=4)
+    bad = tmp_path / "normal" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
+    m = pd.concat([m, pd.DataFrame([{"path": str(bad), "label": "normal", "group": "px"}])], ignore_index=True)
+    ds = pipeline.make_dataset(m, class_names=["normal", "osteoporosis"], image_size=16, batch_size=8)
+    x, y = next(iter(ds))
+    assert x.shape[0] == 4
+    assert "broken.png" in caplog.text
+
+
+def test_binary_and_int_label_modes():
+    y = pipeline.encode_labels(["a", "b", "b"], ["a", "b"], label_mode="binary")
+    np.testing.assert_array_equal(y, [[0.0], [1.0], [1.0]])
+    assert pipeline.encode_labels(["b", "a"], ["a", "b"], label_mode="int").tolist() == [1, 0]
+    with pytest.raises(ValueError, match="not in class_names"):
+        pipeline.encode_labels(["c"], ["a", "b"])
+    with pytest.raises(ValueError, match="2 classes"):
+        pipeline.encode_labels(["a"], ["a", "b", "c"], label_mode="binary")
+
+
+def test_unknown_step_and_missing_column_are_clear_errors(tmp_path):
+    m = _write(tmp_path, n=2)
+    with pytest.raises(ValueError, match="unknown preprocessing step 'blur'"):
+        pipeline.make_dataset(m, class_names=["normal", "osteoporosis"], steps=["blur"])
+    with pytest.raises(ValueError, match="no column 'path'"):
+        pipeline.make_dataset(m.drop(columns="path"), class_names=["normal", "osteoporosis"])
+
+
+def test_scale_is_applied_after_grey_to_rgb(tmp_path):
+    m = _write(tmp_path, n=2)
+    ds = pipeline.make_dataset(m, class_names=["normal", "osteoporosis"], image_size=8, scale=lambda x: x * 2 - 1)
+    x, _ = next(iter(ds))
+    assert float(tf.reduce_min(x)) >= -1 and float(tf.reduce_min(x)) < 0
+
+
+@pytest.mark.parametrize("study", sorted(pipeline.STUDY_STEPS))
+def test_each_study_pipeline_yields_batches(tmp_path, study):
+    """Trains nothing: pulls one batch from every study's preprocessing + augmentation."""
+    m = _write(tmp_path, n=6, size=48)
+    aug = augment.augmenter_for(study[:7], seed=0) if study[:7] in ("study04", "study05") else None
+    mode = "binary" if study == "study04" else "categorical"
+    ds = pipeline.make_dataset(m, class_names=["normal", "osteoporosis"], image_size=32, batch_size=3,
+                               steps=pipeline.STUDY_STEPS[study], training=True, augmenter=aug,
+                               label_mode=mode, cache=str(tmp_path / f"{study}.cache"))
+    x, y = next(iter(ds))
+    assert x.shape == (3, 32, 32, 3)
+    assert np.isfinite(x.numpy()).all()
+    assert y.shape == ((3, 1) if mode == "binary" else (3, 2))

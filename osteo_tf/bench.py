@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,6 +25,8 @@ REQUIRED_KEYS = ("name", "baseline", "ours", "unit", "ratio", "target")
 def discover(bench_dir: Path = BENCH_DIR) -> dict[str, Callable[[], dict]]:
     """Collect ``BENCHMARKS`` from every ``bench_*.py`` file, in file then definition order."""
     found: dict[str, Callable[[], dict]] = {}
+    if str(bench_dir) not in sys.path:  # benchmarks share helpers (benchmarks/_data.py)
+        sys.path.insert(0, str(bench_dir))
     for path in sorted(Path(bench_dir).glob("bench_*.py")):
         spec = importlib.util.spec_from_file_location(f"osteo_tf_bench_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)

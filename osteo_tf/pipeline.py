@@ -74,7 +74,10 @@ def _validate_steps(steps: Sequence) -> list[tuple[str, dict]]:
 
 
 def preprocess_image(image: np.ndarray, *, image_size: int | tuple[int, int], steps: Sequence = ()) -> np.ndarray:
-    """Deterministic preprocessing of one decoded image: ``steps`` then resize.
+    """Deterministic preprocessing of one decoded image: ``steps`` then resize (NumPy twin of the pipeline).
+
+    The tf.data pipeline resizes with ``tf.image.resize(method="area")``; this function calls the
+    very same op, so arrays from here and batches from :func:`make_dataset` are identical.
 
     Args:
         image: (H, W) float32 in [0, 1].
@@ -89,17 +92,141 @@ def preprocess_image(image: np.ndarray, *, image_size: int | tuple[int, int], st
     steps = _validate_steps(steps)
     if steps:
         image = preprocessing.apply_steps(image, steps)
-    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
-    if image.shape != size:
-        image = preprocessing.resize(image, size)
-    return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+    return np.asarray(_resize_tf(image, _size(image_size)))
+
+
+def _size(image_size) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)):
+        return (int(image_size), int(image_size))
+    h, w = image_size
+    return (int(h), int(w))
+
+
+def _resize_tf(image, size: tuple[int, int]):
+    """(H, W) -> (h, w) float32 in [0, 1] with area interpolation (a no-op at the same size)."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(image, tf.float32)[..., tf.newaxis]
+    x = tf.image.resize(x, size, method="area")
+    return tf.clip_by_value(x[..., 0], 0.0, 1.0)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def native_decodable(path: str) -> bool:
+    """True for a grey 8/16-bit PNG without EXIF: TensorFlow's decoder then gives ``load_xray``'s pixels.
+
+    ``load_xray`` scales 8-bit by 1/255 and 16-bit by 1/65535; ``tf.io.decode_png(dtype=uint16)``
+    expands 8-bit values v to v*257, and v*257/65535 == v/255 exactly in float32 (both are the
+    correctly rounded quotient of the same rational). Anything else (colour, palette, an eXIf
+    orientation chunk, JPEG, TIFF, DICOM...) goes through ``load_xray``. Reads only the chunk
+    headers before the image data.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _PNG_SIGNATURE:
+                return False
+            length, ctype = struct.unpack(">I4s", fh.read(8))
+            if ctype != b"IHDR" or length != 13:
+                return False
+            ihdr = fh.read(13)
+            bit_depth, colour_type = ihdr[8], ihdr[9]
+            if colour_type != 0 or bit_depth not in (8, 16):
+                return False
+            fh.seek(4, 1)  # CRC
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    return False
+                length, ctype = struct.unpack(">I4s", head)
+                if ctype == b"IDAT":
+                    return True
+                if ctype in (b"eXIf", b"tRNS", b"sBIT"):
+                    return False
+                fh.seek(length + 4, 1)
+    except (OSError, struct.error):  # unreadable or truncated header: let load_xray explain why
+        return False
 
 
 def decode_and_preprocess(path: str, *, image_size, steps: Sequence = ()) -> np.ndarray:
-    """Load one file and preprocess it (what the tf.data map does for each element)."""
+    """Load one file and preprocess it (the NumPy twin of what the tf.data map does)."""
     from osteo_tf.io import load_xray
 
     return preprocess_image(load_xray(path), image_size=image_size, steps=steps)
+
+
+def image_dataset(paths: Sequence[str], *, image_size, steps: Sequence = (), n_jobs: int | None = None,
+                  allow_native: bool = True):
+    """``tf.data.Dataset`` of ``(image (h, w) float32, ok bool)``, one element per path, in order.
+
+    Grey PNGs without steps are decoded by TensorFlow in parallel (no GIL); other files by
+    :func:`osteo_tf.io.load_xray` plus the cheap steps inside the map; expensive steps
+    (:data:`EXPENSIVE_STEPS`) are precomputed in a process pool with the disk cache. Every image
+    is then resized by the same TensorFlow area resize. A file that fails gives ``ok=False``
+    (logged with its reason) instead of stopping the run; on the native path a corrupt PNG is
+    dropped with a logged warning instead (``allow_native=False`` keeps one element per path).
+    """
+    import tensorflow as tf
+
+    from osteo_tf.io import ImageLoadError
+
+    steps = _validate_steps(steps)
+    size = _size(image_size)
+    paths = [str(p) for p in paths]
+    if any(name in EXPENSIVE_STEPS for name, _ in steps):
+        from osteo_tf import preprocessing
+
+        last = max(i for i, (n, _) in enumerate(steps) if n in EXPENSIVE_STEPS)
+        head, tail = steps[: last + 1], steps[last + 1 :]
+        pre = preprocessing.cached_apply_steps(paths, head, n_jobs=n_jobs)  # None where a file failed
+
+        def _np(i):
+            img = pre[int(i)]
+            if img is None:
+                return np.zeros((1, 1), np.float32), np.bool_(False)
+            out = preprocessing.apply_steps(img, tail) if tail else img
+            return np.asarray(out, np.float32), np.bool_(True)
+
+        source = tf.data.Dataset.range(len(paths))
+        native = False
+    else:
+        def _np(path):
+            from osteo_tf import preprocessing
+            from osteo_tf.io import load_xray
+
+            p = path.decode() if isinstance(path, bytes) else str(path)
+            try:
+                img = load_xray(p)
+                if steps:
+                    img = preprocessing.apply_steps(img, steps)
+                return np.asarray(img, np.float32), np.bool_(True)
+            except ImageLoadError as exc:
+                log.warning("skipping %s", exc)
+                return np.zeros((1, 1), np.float32), np.bool_(False)
+
+        source = tf.data.Dataset.from_tensor_slices(paths)
+        # Grey PNGs decode bitwise-identically in TF, without the GIL: use it when every file qualifies.
+        native = allow_native and bool(paths) and not steps and all(native_decodable(p) for p in paths)
+
+    def _py(item):
+        img, ok = tf.numpy_function(_np, [item], [tf.float32, tf.bool], stateful=False)
+        img.set_shape([None, None])
+        ok.set_shape([])
+        return img, ok
+
+    def _native(path):
+        raw = tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint16)
+        return tf.cast(raw[..., 0], tf.float32) / 65535.0, tf.constant(True)
+
+    def _load(item):
+        img, ok = _native(item) if native else _py(item)
+        return _resize_tf(img, size), ok
+
+    ds = source.map(_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.ignore_errors(log_warning=True) if native else ds
 
 
 def to_model_input(images, *, channels: int = 3, scale: Callable | None = None):
@@ -147,37 +274,6 @@ def encode_labels(labels: Sequence, class_names: Sequence[str], *, label_mode: s
             raise ValueError(f"label_mode='binary' needs 2 classes. Received: class_names={list(class_names)}")
         return y.astype(np.float32)[:, None]
     return np.eye(len(class_names), dtype=np.float32)[y]
-
-
-def precompute(paths: Sequence[str], *, image_size, steps: Sequence = (), n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode + preprocess many files with the expensive steps cached on disk.
-
-    Returns:
-        ``(images, ok)``: images (N, h, w) float32 (zeros where a file failed) and a boolean
-        mask of the files that loaded. Failures are logged with their reason, never fatal.
-    """
-    from osteo_tf import preprocessing
-    from osteo_tf.io import ImageLoadError, load_xray
-
-    steps = _validate_steps(steps)
-    # Split the step list at the last expensive step: everything up to it is cached on disk.
-    last = max((i for i, (n, _) in enumerate(steps) if n in EXPENSIVE_STEPS), default=-1)
-    head, tail = steps[: last + 1], steps[last + 1 :]
-    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
-    out = np.zeros((len(paths), *size), np.float32)
-    ok = np.ones(len(paths), bool)
-    if head:
-        cached = preprocessing.cached_apply_steps(list(paths), head, n_jobs=n_jobs)
-    for i, p in enumerate(paths):
-        try:
-            img = cached[i] if head else load_xray(p)
-            if img is None:
-                raise ImageLoadError(p, "preprocessing failed")
-            out[i] = preprocess_image(img, image_size=size, steps=tail)
-        except ImageLoadError as exc:
-            ok[i] = False
-            log.warning("skipping %s", exc)
-    return out, ok
 
 
 def make_dataset(
@@ -234,34 +330,11 @@ def make_dataset(
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
     if augmenter is not None and not training:
         warnings.warn("augmenter is ignored because training=False (augment the training split only)", stacklevel=2)
-    steps = _validate_steps(steps)
-    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
     paths = manifest["path"].astype(str).tolist()
     y = encode_labels(manifest[label_col].astype(str).tolist(), class_names, label_mode=label_mode)
-
-    if any(name in EXPENSIVE_STEPS for name, _ in steps):
-        images, ok = precompute(paths, image_size=size, steps=steps)
-        ds = tf.data.Dataset.from_tensor_slices((images[ok], y[ok]))
-    else:
-        def _load(path):
-            from osteo_tf.io import ImageLoadError
-
-            p = path.decode() if isinstance(path, bytes) else str(path)
-            try:
-                return decode_and_preprocess(p, image_size=size, steps=steps), np.bool_(True)
-            except ImageLoadError as exc:
-                log.warning("skipping %s", exc)
-                return np.zeros(size, np.float32), np.bool_(False)
-
-        def _map(path, label):
-            img, ok = tf.numpy_function(_load, [path], [tf.float32, tf.bool], stateful=False)
-            img.set_shape(size)
-            ok.set_shape(())
-            return img, label, ok
-
-        ds = tf.data.Dataset.from_tensor_slices((paths, y))
-        ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.filter(lambda img, label, ok: ok).map(lambda img, label, ok: (img, label))
+    images = image_dataset(paths, image_size=image_size, steps=steps)
+    ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(y)))
+    ds = ds.filter(_is_ok).map(_drop_ok)
     if cache:
         ds = ds.cache() if cache is True else ds.cache(str(cache))
     if training:
@@ -276,6 +349,14 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _is_ok(image_ok, label):
+    return image_ok[1]
+
+
+def _drop_ok(image_ok, label):
+    return image_ok[0], label
+
+
 def load_for_inference(paths: Sequence[str], *, image_size, steps: Sequence = (), channels: int = 3,
                        scale: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exactly the evaluation-time pipeline for a list of files, as arrays.
@@ -284,8 +365,15 @@ def load_for_inference(paths: Sequence[str], *, image_size, steps: Sequence = ()
         ``(x, ok)``: x (N, h, w, channels) float32 ready for ``model.predict`` and the mask of
         files that loaded (rows of failed files are zeros).
     """
-    images, ok = precompute(paths, image_size=image_size, steps=steps)
-    return np.asarray(to_model_input(images, channels=channels, scale=scale)), ok
+    size = _size(image_size)
+    images, ok = [], []
+    for img, good in image_dataset(paths, image_size=size, steps=steps, allow_native=False):
+        images.append(img.numpy())
+        ok.append(bool(good.numpy()))
+    x = np.stack(images) if images else np.zeros((0, *size), np.float32)
+    ok = np.array(ok, bool)
+    x[~ok] = 0.0
+    return np.asarray(to_model_input(x, channels=channels, scale=scale)), ok
 
 
 def labels_of(ds) -> np.ndarray:

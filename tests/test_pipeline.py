@@ -66,6 +66,33 @@ def test_bad_image_is_skipped_not_fatal(tmp_path, caplog):
     assert "broken.png" in caplog.text
 
 
+def test_truncated_grey_png_on_the_native_path_is_skipped(tmp_path):
+    m = _write(tmp_path, n=4)
+    assert all(pipeline.native_decodable(p) for p in m["path"])
+    data = (tmp_path / "normal" / "img00.png").read_bytes()
+    bad = tmp_path / "normal" / "cut.png"
+    bad.write_bytes(data[: len(data) // 2])  # valid header, truncated image data
+    assert pipeline.native_decodable(str(bad))
+    m = pd.concat([m, pd.DataFrame([{"path": str(bad), "label": "normal", "group": "px"}])], ignore_index=True)
+    ds = pipeline.make_dataset(m, class_names=["normal", "osteoporosis"], image_size=16, batch_size=8)
+    x, _ = next(iter(ds))
+    assert x.shape[0] == 4
+    _, ok = pipeline.load_for_inference(m["path"].tolist(), image_size=16)
+    assert ok.tolist() == [True, True, True, True, False]
+
+
+def test_native_png_decode_is_bitwise_load_xray(tmp_path):
+    rng = np.random.default_rng(1)
+    for bits in (8, 16):
+        img = rng.random((20, 30)).astype(np.float32)
+        p = tmp_path / f"g{bits}.png"
+        io.save_png(img, p, bit_depth=bits)
+        (a, _), = list(pipeline.image_dataset([str(p)], image_size=(20, 30)))
+        (b, _), = list(pipeline.image_dataset([str(p)], image_size=(20, 30), allow_native=False))
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(a.numpy(), io.load_xray(p))
+
+
 def test_binary_and_int_label_modes():
     y = pipeline.encode_labels(["a", "b", "b"], ["a", "b"], label_mode="binary")
     np.testing.assert_array_equal(y, [[0.0], [1.0], [1.0]])

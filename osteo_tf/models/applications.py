@@ -1,0 +1,255 @@
+"""keras.applications backbones (ImageNet weights available through Keras).
+
+Each backbone is called with ``include_top=False`` and its output feeds our head directly, so
+the classifier is one flat graph. ``weights="imagenet"`` is the real path: Keras looks for the
+file in ``~/.keras/models`` and downloads it when it can; :func:`osteo_tf.models.build` turns
+the offline failure into ``WeightsUnavailableError`` naming the file (:func:`weights_file_name`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from osteo_tf.models.registry import Built, ModelSpec, PaperCount, register, softmax_head
+
+_STUDY01 = "study 01 Table 1 (ImageNet model with its 1000-class top)"
+_MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)
+
+
+def weights_file_name(name: str, input_shape: tuple[int, ...], head: str) -> str:
+    """The file Keras expects in ``~/.keras/models`` for ``weights="imagenet"``.
+
+    Args:
+        name: a keras.applications registry name.
+        input_shape: (H, W, C) (MobileNetV2's file depends on the input size).
+        head: ``"paper"`` for VGG16 needs the file WITH the top (fc1, fc2).
+    """
+    if name == "mobilenetv2":
+        rows = input_shape[0] if input_shape[0] in _MOBILENET_V2_ROWS else 224
+        return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+    if name in ("mobilenetv3small", "mobilenetv3large"):
+        kind = name.removeprefix("mobilenetv3")
+        return f"weights_mobilenet_v3_{kind}_224_1.0_float_no_top_v2.h5"
+    if name == "vgg16" and head == "paper":
+        return "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+    return {
+        "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "inceptionv3": "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "efficientnetb0": "efficientnetb0_notop.h5",
+        "densenet121": "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "xception": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    }[name]
+
+
+def _reject_options(name: str, options: dict[str, Any]) -> None:
+    if options:
+        raise ValueError(f"Unknown option(s) for {name}: {sorted(options)}. {name} takes none.")
+
+
+def _app_builder(
+    name: str,
+    constructor: Callable[[], Callable[..., Any]],
+    *,
+    extra: dict[str, Any] | None = None,
+    rename_last: str | None = None,
+    paper_dense_units: int | None = None,
+) -> Callable[..., Built]:
+    """A builder for one keras.applications constructor (thin variant of one generic builder)."""
+
+    def builder(
+        *,
+        weights: str | None,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        head: str,
+        dropout: float | None,
+        dense_units: int | None,
+        **options: Any,
+    ) -> Built:
+        _reject_options(name, options)
+        base = constructor()(include_top=False, weights=weights, input_shape=input_shape, **(extra or {}))
+        if rename_last is not None:
+            base.layers[-1].name = rename_last
+        units = dense_units
+        if head == "paper" and units is None:
+            units = paper_dense_units
+        outputs, head_names = softmax_head(
+            base.output, num_classes=num_classes, dropout=dropout, dense_units=units
+        )
+        return Built(base.input, outputs, head_names)
+
+    return builder
+
+
+def _build_vgg16(
+    *,
+    weights: str | None,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    head: str,
+    dropout: float | None,
+    dense_units: int | None,
+    **options: Any,
+) -> Built:
+    """VGG16; ``head="paper"`` keeps fc1/fc2 (4096 each) and replaces only the 1000-way layer."""
+    import keras
+
+    _reject_options("vgg16", options)
+    if head != "paper":
+        base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape)
+        outputs, head_names = softmax_head(
+            base.output, num_classes=num_classes, dropout=dropout, dense_units=dense_units
+        )
+        return Built(base.input, outputs, head_names)
+    if weights == "imagenet" and tuple(input_shape) != (224, 224, 3):
+        raise ValueError(
+            "vgg16 with head='paper' and ImageNet weights keeps the pretrained fc1/fc2 layers, "
+            "which only fit input_shape=(224, 224, 3); use head='softmax' for other sizes. "
+            f"Received: input_shape={tuple(input_shape)!r}"
+        )
+    if dense_units is not None:
+        raise ValueError(
+            "vgg16 head='paper' already has its fc1/fc2 layers; dense_units applies to "
+            f"head='softmax'. Received: dense_units={dense_units!r}"
+        )
+    base = keras.applications.VGG16(include_top=True, weights=weights, input_shape=input_shape)
+    outputs, head_names = softmax_head(
+        base.get_layer("fc2").output, num_classes=num_classes, dropout=dropout, pool=False
+    )
+    return Built(base.input, outputs, head_names)
+
+
+def _app(name: str) -> Callable[[], Callable[..., Any]]:
+    def get() -> Callable[..., Any]:
+        import keras
+
+        return getattr(keras.applications, name)
+
+    return get
+
+
+_COMMON = dict(family="keras.applications", heads=("softmax", "paper"), imagenet=True)
+
+register(
+    ModelSpec(
+        name="resnet50",
+        description="ResNet50 (keras.applications); studies 01, 02, 03",
+        paper_input_size=224,
+        min_input_size=32,
+        default_head="softmax",
+        last_conv="conv5_block3_out",
+        input_scaling="caffe",
+        builder=_app_builder("resnet50", _app("ResNet50")),
+        paper_params=(PaperCount(25_636_712, _STUDY01, num_classes=1000, counts="total"),),
+        **_COMMON,
+    )
+)
+register(
+    ModelSpec(
+        name="inceptionv3",
+        description="InceptionV3 (keras.applications); study 01",
+        paper_input_size=299,
+        min_input_size=75,
+        default_head="softmax",
+        last_conv="mixed10",
+        input_scaling="tf",
+        builder=_app_builder("inceptionv3", _app("InceptionV3")),
+        paper_params=(PaperCount(23_851_784, _STUDY01, num_classes=1000, counts="total"),),
+        **_COMMON,
+    )
+)
+register(
+    ModelSpec(
+        name="mobilenetv2",
+        description="MobileNetV2 alpha 1.0 (keras.applications); study 01",
+        paper_input_size=224,
+        min_input_size=32,
+        default_head="softmax",
+        last_conv="out_relu",
+        input_scaling="tf",
+        builder=_app_builder("mobilenetv2", _app("MobileNetV2")),
+        paper_params=(PaperCount(3_538_984, _STUDY01, num_classes=1000, counts="total"),),
+        **_COMMON,
+    )
+)
+for _kind, _ctor in (("small", "MobileNetV3Small"), ("large", "MobileNetV3Large")):
+    register(
+        ModelSpec(
+            name=f"mobilenetv3{_kind}",
+            description=(
+                f"MobileNetV3-{_kind.capitalize()} (keras.applications, built-in rescaling off); "
+                "study 05 (head='paper': GAP -> Dense 1024 relu -> softmax)"
+            ),
+            paper_input_size=224,
+            min_input_size=32,
+            default_head="softmax",
+            last_conv="conv_1_hard_swish",
+            input_scaling="tf",
+            builder=_app_builder(
+                f"mobilenetv3{_kind}",
+                _app(_ctor),
+                extra={"include_preprocessing": False},
+                rename_last="conv_1_hard_swish",
+                paper_dense_units=1024,
+            ),
+            notes="Study 05 does not say Small or Large; both are registered.",
+            **_COMMON,
+        )
+    )
+register(
+    ModelSpec(
+        name="efficientnetb0",
+        description="EfficientNetB0 (keras.applications, normalises inside: feed [0, 255]); study 05",
+        paper_input_size=224,
+        min_input_size=32,
+        default_head="softmax",
+        last_conv="top_activation",
+        input_scaling="[0,255]",
+        builder=_app_builder("efficientnetb0", _app("EfficientNetB0"), paper_dense_units=1024),
+        **_COMMON,
+    )
+)
+register(
+    ModelSpec(
+        name="densenet121",
+        description="DenseNet-121 (keras.applications); study 04",
+        paper_input_size=224,
+        min_input_size=32,
+        default_head="softmax",
+        last_conv="relu",
+        input_scaling="torch",
+        builder=_app_builder("densenet121", _app("DenseNet121")),
+        **_COMMON,
+    )
+)
+register(
+    ModelSpec(
+        name="vgg16",
+        description="VGG16 (keras.applications); studies 03, 04 (head='paper' keeps fc1/fc2)",
+        paper_input_size=224,
+        min_input_size=32,
+        default_head="paper",
+        last_conv="block5_conv3",
+        input_scaling="caffe",
+        builder=_build_vgg16,
+        paper_params=(
+            PaperCount(1.343e8, "study 04 text, approach 1 (all layers retrained)", head="paper"),
+            PaperCount(8.194e3, "study 04 text, approach 2 (new layer only)", trainable="head", head="paper"),
+        ),
+        **_COMMON,
+    )
+)
+register(
+    ModelSpec(
+        name="xception",
+        description="Xception (keras.applications); study 03",
+        paper_input_size=299,
+        min_input_size=71,
+        default_head="softmax",
+        last_conv="block14_sepconv2_act",
+        input_scaling="tf",
+        builder=_app_builder("xception", _app("Xception")),
+        **_COMMON,
+    )
+)

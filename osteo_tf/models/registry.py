@@ -1,0 +1,723 @@
+"""The model registry: specs, ``build``, heads, trainable modes, weights, ``build_info``.
+
+Every classifier is ONE flat functional graph, ``keras.Model(trunk_input, head(trunk_output))``:
+no backbone is ever nested as a layer (Grad-CAM tools cannot see inside nested models, see
+``/work/shared/reliability.md``). Every layer has a deterministic name: layers that Keras names
+automatically (``conv2d_94``, ``re_lu_3``...) are renamed in graph order as a fresh session would
+name them, so names do not depend on what was built before.
+
+The builders live in ``applications.py`` (keras.applications backbones), ``classic.py`` (AlexNet,
+GoogLeNet, SqueezeNet, ResNet-18) and ``studies.py`` (the studies' own CNNs); each registers
+itself here with a :class:`ModelSpec`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import numpy as np
+
+HeadKind = Literal["softmax", "paper"]
+Scaling = Literal["torch", "caffe", "tf", "[0,1]", "[0,255]"]
+
+HEAD_KINDS = ("softmax", "paper")
+SCALINGS = ("torch", "caffe", "tf", "[0,1]", "[0,255]")
+KERAS_WEIGHTS_DIR = "~/.keras/models"
+"""Where Keras looks for (and caches) downloaded weight files."""
+
+_IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+_INFO_ATTR = "_osteo_tf_info"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but cannot be loaded (offline, or none exist)."""
+
+
+@dataclass(frozen=True)
+class PaperCount:
+    """A parameter count printed in a paper, with the conditions under which it was counted.
+
+    Attributes:
+        params: the number as printed (rounded numbers stay rounded, e.g. ``60e6``).
+        source: where it is printed, e.g. ``"study 01 Table 1"``.
+        num_classes: classes of the output layer the count includes (1000 = ImageNet top).
+        counts: ``"total"`` (every weight, as Keras' ``count_params``) or ``"trainable"``.
+        trainable: the trainable mode the count refers to (``"all"`` or ``"head"``).
+        head: the head kind it implies (``None`` = the model's default head).
+    """
+
+    params: float
+    source: str
+    num_classes: int = 2
+    counts: Literal["total", "trainable"] = "trainable"
+    trainable: Literal["all", "head"] = "all"
+    head: str | None = None
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a builder hands back to :func:`build` (private protocol between modules).
+
+    Attributes:
+        inputs: the model's input tensor.
+        outputs: the model's output tensor (head included).
+        head_layers: names of the layers that form the new head (trained by ``trainable="head"``).
+    """
+
+    inputs: Any
+    outputs: Any
+    head_layers: tuple[str, ...]
+
+
+Builder = Callable[..., Built]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a registered model is built and fed.
+
+    Attributes:
+        name: the registry name (lowercase).
+        family: ``"keras.applications"``, ``"classic"`` (built here, no Keras weights) or
+            ``"study"`` (a study's own CNN).
+        description: one line.
+        paper_input_size: the square input size (px) the papers use.
+        min_input_size: the smallest square input the architecture accepts (px).
+        default_head: the head used when ``build(..., head=None)``.
+        heads: the head kinds the builder accepts.
+        last_conv: name of the last convolutional feature layer (4-D output), the
+            ``penultimate_layer`` for Grad-CAM.
+        input_scaling: what the trunk expects, in ``keras.applications.*.preprocess_input``
+            terms: ``"caffe"`` (BGR, 0-255, ImageNet mean subtracted), ``"torch"`` ([0, 1],
+            ImageNet mean/std normalised), ``"tf"`` ([-1, 1]), ``"[0,255]"`` (the model
+            normalises inside, EfficientNet) or ``"[0,1]"`` (the studies' own CNNs).
+        output: ``"softmax"`` (num_classes units) or ``"sigmoid"`` (ONE unit: the probability
+            of the second class; ``num_classes`` must be 2).
+        channels: the input channel counts accepted.
+        imagenet: whether Keras can provide ImageNet weights for it.
+        paper_params: parameter counts the papers print (see :class:`PaperCount`).
+        notes: what is our choice rather than the paper's.
+    """
+
+    name: str
+    family: str
+    description: str
+    paper_input_size: int
+    min_input_size: int
+    default_head: str
+    heads: tuple[str, ...]
+    last_conv: str
+    input_scaling: str
+    builder: Builder = field(repr=False, compare=False)
+    output: str = "softmax"
+    channels: tuple[int, ...] = (3,)
+    imagenet: bool = False
+    paper_params: tuple[PaperCount, ...] = ()
+    notes: str = ""
+
+    @property
+    def penultimate_layer(self) -> str:
+        """Alias of ``last_conv`` under tf-keras-vis' name."""
+        return self.last_conv
+
+    def preprocess(self, x: Any) -> Any:
+        """Map images in [0, 1] to what this model's trunk expects.
+
+        Used by the tf.data pipeline (never inside the model). Works on NumPy arrays and on
+        TensorFlow tensors (inside ``Dataset.map``) alike.
+
+        Args:
+            x: (..., H, W, 3) float in [0, 1] (1 channel for the studies' own CNNs).
+
+        Returns:
+            The same shape, float32, scaled per ``input_scaling``.
+        """
+        return scale_images(x, self.input_scaling)
+
+
+def scale_images(x: Any, scaling: str) -> Any:
+    """Scale [0, 1] images per a ``keras.applications`` convention (see ``ModelSpec``).
+
+    Args:
+        x: (..., H, W, C) NumPy array or tensor, float in [0, 1].
+        scaling: one of ``SCALINGS``.
+
+    Raises:
+        ValueError: for an unknown ``scaling``.
+    """
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}. Received: scaling={scaling!r}")
+    if isinstance(x, np.ndarray):
+        x = x.astype(np.float32, copy=False)
+    else:
+        import tensorflow as tf
+
+        x = tf.cast(x, tf.float32)
+    if scaling == "[0,1]":
+        return x
+    if scaling == "[0,255]":
+        return x * 255.0
+    if scaling == "tf":
+        return x * 2.0 - 1.0
+    if scaling == "torch":
+        return (x - _IMAGENET_MEAN_RGB) / _IMAGENET_STD_RGB
+    # caffe: RGB -> BGR, 0-255, ImageNet channel means subtracted, no scaling
+    return x[..., ::-1] * 255.0 - _CAFFE_MEAN_BGR
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to the registry (used by the builder modules at import)."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"Model {spec.name!r} is registered twice.")
+    if spec.default_head not in spec.heads:
+        raise ValueError(f"{spec.name}: default_head {spec.default_head!r} not in {spec.heads}")
+    if spec.input_scaling not in SCALINGS:
+        raise ValueError(f"{spec.name}: input_scaling {spec.input_scaling!r} not in {SCALINGS}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    # The builder modules register on import; importing them here keeps registry.py free of
+    # import cycles (they import registry, not the other way round at module level).
+    from osteo_tf.models import applications, classic, studies  # noqa: F401
+
+
+def names() -> list[str]:
+    """Return the registered model names, in registry order (backbones, classic, studies)."""
+    _ensure_loaded()
+    return list(_REGISTRY)
+
+
+_all_names = names  # param_table has an argument called ``names``
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the :class:`ModelSpec` of ``name``.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known names.
+    """
+    _ensure_loaded()
+    if not isinstance(name, str) or name.lower() not in _REGISTRY:
+        raise ValueError(f"Unknown model. Expected one of {list(_REGISTRY)}. Received: name={name!r}")
+    return _REGISTRY[name.lower()]
+
+
+# ----------------------------------------------------------------------------------------------
+# heads
+
+
+def softmax_head(
+    x: Any,
+    *,
+    num_classes: int,
+    dropout: float | None = None,
+    dense_units: int | None = None,
+    pool: bool = True,
+    output: str = "softmax",
+) -> tuple[Any, tuple[str, ...]]:
+    """The standard new head: ``head_gap -> [head_dense relu] -> [head_dropout] -> predictions``.
+
+    Args:
+        x: a 4-D feature map (``pool=True``) or a 2-D feature vector (``pool=False``).
+        num_classes: output classes (softmax) — ignored for ``output="sigmoid"`` (1 unit).
+        dropout: rate of a Dropout layer before ``predictions`` (``None``/0 = none).
+        dense_units: units of a hidden ReLU Dense layer (study 05: 1024); ``None`` = none.
+        pool: apply GlobalAveragePooling2D first.
+        output: ``"softmax"`` or ``"sigmoid"``.
+
+    Returns:
+        The output tensor and the names of the head's layers.
+    """
+    from keras import layers
+
+    names_: list[str] = []
+    if pool:
+        x = layers.GlobalAveragePooling2D(name="head_gap")(x)
+        names_.append("head_gap")
+    if dense_units:
+        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+        names_.append("head_dense")
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+        names_.append("head_dropout")
+    units = 1 if output == "sigmoid" else num_classes
+    x = layers.Dense(units, activation=output, name="predictions")(x)
+    names_.append("predictions")
+    return x, tuple(names_)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _validate_shape(spec: ModelSpec, input_shape: Any) -> tuple[int, int, int]:
+    ok = (
+        isinstance(input_shape, (tuple, list))
+        and len(input_shape) == 3
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in input_shape)
+        and all(v > 0 for v in input_shape)
+    )
+    if not ok:
+        raise ValueError(
+            "input_shape must be a tuple of three positive ints (height, width, channels). "
+            f"Received: input_shape={input_shape!r}"
+        )
+    h, w, c = (int(v) for v in input_shape)
+    if c not in spec.channels:
+        if spec.channels == (3,):
+            raise ValueError(
+                "input_shape must have 3 channels (grey radiographs are fed as 3 identical "
+                f"channels by osteo_tf.pipeline). Received: input_shape={tuple(input_shape)!r}"
+            )
+        raise ValueError(
+            f"input_shape must have {' or '.join(map(str, spec.channels))} channels for "
+            f"{spec.name}. Received: input_shape={tuple(input_shape)!r}"
+        )
+    if min(h, w) < spec.min_input_size:
+        raise ValueError(
+            f"input_shape height and width must be >= {spec.min_input_size} px for {spec.name} "
+            f"(paper size {spec.paper_input_size}). Received: input_shape={tuple(input_shape)!r}"
+        )
+    return h, w, c
+
+
+def _validate_args(
+    spec: ModelSpec,
+    num_classes: Any,
+    head: str,
+    dropout: Any,
+    dense_units: Any,
+    trainable: Any,
+) -> None:
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
+    if spec.output == "sigmoid" and num_classes != 2:
+        raise ValueError(
+            f"{spec.name} has one sigmoid output unit (binary, as in the paper), so num_classes "
+            f"must be 2. Received: num_classes={num_classes!r}"
+        )
+    if head not in spec.heads:
+        raise ValueError(f"head must be one of {spec.heads} for {spec.name}. Received: head={head!r}")
+    if dropout is not None and not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise ValueError(f"dropout must be None or a float in [0, 1). Received: dropout={dropout!r}")
+    if dense_units is not None and (
+        not isinstance(dense_units, (int, np.integer)) or isinstance(dense_units, bool) or dense_units < 1
+    ):
+        raise ValueError(f"dense_units must be None or a positive int. Received: dense_units={dense_units!r}")
+    if not (
+        trainable in ("all", "head")
+        or (isinstance(trainable, (int, np.integer)) and not isinstance(trainable, bool) and trainable >= 0)
+    ):
+        raise ValueError(
+            'trainable must be "all", "head" or a non-negative int (freeze the first N backbone '
+            f"layers). Received: trainable={trainable!r}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+
+
+def expected_weights_file(name: str, input_shape: Sequence[int], head: str | None = None) -> str | None:
+    """The file name Keras looks for in ``~/.keras/models`` for ``weights="imagenet"``.
+
+    Returns ``None`` for models without Keras ImageNet weights.
+    """
+    from osteo_tf.models.applications import weights_file_name
+
+    spec = get_spec(name)
+    if not spec.imagenet:
+        return None
+    return weights_file_name(spec.name, tuple(input_shape), head or spec.default_head)
+
+
+def _is_fetch_failure(err: BaseException) -> bool:
+    # keras.utils.get_file raises a bare Exception("URL fetch failure on ...") offline.
+    text = str(err)
+    return (
+        type(err) is Exception
+        or isinstance(err, OSError)
+        or "fetch failure" in text
+        or "corrupted" in text
+    )
+
+
+def _unavailable_message(spec: ModelSpec, input_shape: tuple[int, ...], head: str, err: Any) -> str:
+    if not spec.imagenet:
+        return (
+            f"Keras has no ImageNet weights for {spec.name} ({spec.family} architecture built by "
+            "osteo_tf). Pass weights=None (random initialisation), weights='<file>.weights.h5' "
+            "(weights you converted, loaded by layer name), or allow_random_init=True."
+        )
+    fname = expected_weights_file(spec.name, input_shape, head)
+    return (
+        f"ImageNet weights for {spec.name} could not be loaded ({err}). On a machine with network "
+        "access Keras downloads and caches them; offline, copy the file "
+        f"{fname!r} into {KERAS_WEIGHTS_DIR} (i.e. {os.path.expanduser(KERAS_WEIGHTS_DIR)}) and "
+        "build again, or pass allow_random_init=True to train from random weights (the run "
+        "then records weights='random (imagenet unavailable)')."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# naming, trainability, info
+
+
+_AUTO_SUFFIX = re.compile(r"^(?P<base>.+?)(_\d+)?$")
+
+
+def _rename_auto_layers(model: Any) -> None:
+    """Give auto-named layers the names a fresh Keras session would give, in graph order."""
+    from keras import layers as klayers
+    from keras.src.utils import naming
+
+    taken = {layer.name for layer in model.layers}
+    counters: dict[str, int] = {}
+    for layer in model.layers:
+        if isinstance(layer, klayers.InputLayer):
+            base = "input"
+            if layer.name != base and base not in taken:
+                taken.discard(layer.name)
+                layer.name = base
+                taken.add(base)
+            continue
+        snake = naming.to_snake_case(layer.__class__.__name__)
+        m = _AUTO_SUFFIX.match(layer.name)
+        if m is None or m.group("base") != snake:
+            continue
+        k = counters.get(snake, 0)
+        new = snake if k == 0 else f"{snake}_{k}"
+        while new in taken and new != layer.name:
+            k += 1
+            new = f"{snake}_{k}"
+        counters[snake] = k + 1
+        if new != layer.name:
+            taken.discard(layer.name)
+            layer.name = new
+            taken.add(new)
+
+
+def backbone_layers(model: Any) -> list[Any]:
+    """The layers of a built model that are not its new head (input layer excluded), in order.
+
+    Raises:
+        ValueError: if ``model`` was not built by :func:`build`.
+    """
+    from keras import layers as klayers
+
+    head = set(_get_info(model)["head_layers"])
+    return [l for l in model.layers if l.name not in head and not isinstance(l, klayers.InputLayer)]
+
+
+def head_layers(model: Any) -> list[Any]:
+    """The layers of the new head of a model built by :func:`build`."""
+    head = set(_get_info(model)["head_layers"])
+    return [l for l in model.layers if l.name in head]
+
+
+def set_trainable(model: Any, trainable: str | int) -> None:
+    """Apply a trainable mode to a model built by :func:`build`.
+
+    Args:
+        model: from :func:`build`.
+        trainable: ``"all"``; ``"head"`` (backbone frozen: its BatchNorm layers then run in
+            inference mode, as ``layer.trainable=False`` implies in Keras 3); or an int N:
+            freeze the first N backbone layers (``backbone_layers(model)[:N]``), train the rest.
+
+    Raises:
+        ValueError: for an unknown mode or N larger than the backbone.
+    """
+    backbone = backbone_layers(model)
+    if isinstance(trainable, (int, np.integer)) and not isinstance(trainable, bool):
+        n = int(trainable)
+        if not 0 <= n <= len(backbone):
+            raise ValueError(
+                f"trainable={n} freezes more layers than {model.name}'s backbone has "
+                f"({len(backbone)}). Received: trainable={trainable!r}"
+            )
+    elif trainable == "all":
+        n = 0
+    elif trainable == "head":
+        n = len(backbone)
+    else:
+        raise ValueError(
+            f'trainable must be "all", "head" or a non-negative int. Received: trainable={trainable!r}'
+        )
+    model.trainable = True
+    for i, layer in enumerate(backbone):
+        layer.trainable = i >= n
+    for layer in head_layers(model):
+        layer.trainable = True
+    _get_info(model)["trainable"] = trainable
+
+
+def _count(variables: Sequence[Any]) -> int:
+    return int(sum(int(np.prod(v.shape)) for v in variables))
+
+
+def _get_info(model: Any) -> dict[str, Any]:
+    info = getattr(model, _INFO_ATTR, None)
+    if info is None:
+        raise ValueError(
+            "model was not built by osteo_tf.models.build (no build info). "
+            f"Received: model={getattr(model, 'name', model)!r}"
+        )
+    return info
+
+
+def build_info(model: Any) -> dict[str, Any]:
+    """What a run should record about a model built by :func:`build`.
+
+    Returns:
+        A new dict: ``name``, ``weights`` (``"imagenet"``, ``"random"``,
+        ``"random (imagenet unavailable)"`` or ``"file:<path>"``), ``trainable_params`` and
+        ``total_params`` (counted now, so later freezing is reflected), ``input_shape``,
+        ``num_classes``, ``output`` (``"softmax"``/``"sigmoid"``), ``output_units``, ``head``,
+        ``head_layers``, ``trainable`` (the mode), ``backbone_layers`` (count), ``last_conv``.
+
+    Raises:
+        ValueError: if ``model`` was not built by :func:`build`.
+    """
+    info = dict(_get_info(model))
+    info["head_layers"] = list(info["head_layers"])
+    info["trainable_params"] = _count(model.trainable_weights)
+    info["total_params"] = _count(model.weights)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# build
+
+
+def build(
+    name: str,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    weights: str | os.PathLike | None = None,
+    allow_random_init: bool = False,
+    head: HeadKind | None = None,
+    dropout: float | None = None,
+    dense_units: int | None = None,
+    trainable: str | int = "all",
+    **options: Any,
+) -> Any:
+    """Build a registered classifier as one flat functional ``keras.Model``.
+
+    Args:
+        name: a name from :func:`names` (case-insensitive).
+        input_shape: ``(H, W, C)``; C must be 3 for every backbone (grey radiographs are fed as
+            3 identical channels by ``osteo_tf.pipeline``); the studies' own CNNs take 1 or 3.
+            H and W must be >= ``get_spec(name).min_input_size``.
+        num_classes: >= 2. The study 04 models (``spec.output == "sigmoid"``) need exactly 2
+            and return ONE sigmoid unit: the probability of class index 1.
+        weights: ``None`` (random), ``"imagenet"`` (keras.applications backbones only; Keras
+            looks in ``~/.keras/models`` and downloads when it can) or a path to a weights file
+            (``.weights.h5`` from ``model.save_weights``, or a legacy ``.h5``) loaded into the
+            whole model, layers with mismatched shapes skipped with a warning.
+        allow_random_init: when ImageNet weights are unavailable, warn and build with random
+            weights instead of raising; ``build_info(model)["weights"]`` then says so.
+        head: ``"softmax"`` (the standard new head: GAP -> [Dense relu] -> [Dropout] ->
+            Dense softmax) or ``"paper"`` (the architecture's original classifier with its last
+            layer replaced, as studies 01/04 did: AlexNet and VGG16 keep fc6/fc7; SqueezeNet
+            ends with conv10; MobileNetV3/EfficientNetB0 get study 05's Dense 1024 head).
+            ``None`` = ``spec.default_head``.
+        dropout: Dropout rate before the output layer (study 04: 0.4).
+        dense_units: a hidden ReLU Dense layer in the head (study 05: 1024).
+        trainable: ``"all"``, ``"head"`` or an int N (freeze the first N backbone layers); see
+            :func:`set_trainable`.
+        **options: builder-specific options (e.g. ``version="1.1"`` for squeezenet,
+            ``filters=`` for study01_cnn, ``block_pooling=True`` for study03_multibranch).
+
+    Returns:
+        The model; ``build_info(model)`` describes it.
+
+    Raises:
+        ValueError: bad name, shape, classes, head or trainable mode.
+        WeightsUnavailableError: ImageNet weights unavailable and ``allow_random_init`` False.
+        FileNotFoundError: ``weights`` is neither None, "imagenet" nor an existing file.
+    """
+    import keras
+
+    spec = get_spec(name)
+    head = spec.default_head if head is None else head
+    shape = _validate_shape(spec, input_shape)
+    _validate_args(spec, num_classes, head, dropout, dense_units, trainable)
+    weights_file: Path | None = None
+    if weights is None:
+        keras_weights, weights_label = None, "random"
+    elif isinstance(weights, str) and weights == "imagenet":
+        keras_weights, weights_label = "imagenet", "imagenet"
+    elif isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
+        weights_file = Path(weights)
+        keras_weights, weights_label = None, f"file:{weights_file}"
+    else:
+        raise FileNotFoundError(
+            "weights must be None, 'imagenet' or the path of an existing weights file. "
+            f"Received: weights={weights!r}"
+        )
+
+    kwargs = dict(
+        input_shape=shape,
+        num_classes=int(num_classes),
+        head=head,
+        dropout=dropout,
+        dense_units=dense_units,
+        **options,
+    )
+    if keras_weights == "imagenet" and not spec.imagenet:
+        err = WeightsUnavailableError(_unavailable_message(spec, shape, head, None))
+        if not allow_random_init:
+            raise err
+        warnings.warn(f"{err} Building with random weights (allow_random_init=True).", stacklevel=2)
+        keras_weights, weights_label = None, "random (imagenet unavailable)"
+    try:
+        built = spec.builder(weights=keras_weights, **kwargs)
+    except Exception as err:  # noqa: BLE001 - keras raises a bare Exception when offline
+        if keras_weights != "imagenet" or not _is_fetch_failure(err):
+            raise
+        message = _unavailable_message(spec, shape, head, err)
+        if not allow_random_init:
+            raise WeightsUnavailableError(message) from err
+        warnings.warn(f"{message} Building with random weights (allow_random_init=True).", stacklevel=2)
+        weights_label = "random (imagenet unavailable)"
+        built = spec.builder(weights=None, **kwargs)
+
+    model = keras.Model(built.inputs, built.outputs, name=spec.name)
+    _rename_auto_layers(model)
+    info = {
+        "name": spec.name,
+        "weights": weights_label,
+        "input_shape": shape,
+        "num_classes": int(num_classes),
+        "output": spec.output,
+        "output_units": 1 if spec.output == "sigmoid" else int(num_classes),
+        "head": head,
+        "head_layers": tuple(built.head_layers),
+        "trainable": trainable,
+        "last_conv": spec.last_conv,
+        "options": dict(options),
+    }
+    object.__setattr__(model, _INFO_ATTR, info)  # plain attribute: not tracked by Keras
+    info["backbone_layers"] = len(backbone_layers(model))
+    if weights_file is not None:
+        _load_weights_file(model, weights_file)
+    set_trainable(model, trainable)
+    return model
+
+
+def _load_weights_file(model: Any, path: Path) -> None:
+    if path.name.endswith(".weights.h5"):
+        model.load_weights(str(path), skip_mismatch=True)
+    elif path.suffix in (".h5", ".hdf5"):
+        model.load_weights(str(path), skip_mismatch=True, by_name=True)
+    else:
+        raise ValueError(
+            "weights file must be a .weights.h5 (model.save_weights) or legacy .h5 file. "
+            f"Received: weights={str(path)!r}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# parameter table
+
+
+def param_table(
+    input_size: int | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    num_classes: int = 2,
+    paper: bool = True,
+) -> Any:
+    """Parameter counts of registered models, side by side with the papers' counts.
+
+    Builds every model with ``weights=None`` (slow for all models at paper size: a utility for
+    notebooks and notes, not for tests).
+
+    Args:
+        input_size: square size for every model; ``None`` = each model's paper input size.
+        names: models to include (default: all).
+        num_classes: classes of the plain row of each model.
+        paper: also add one row per paper count, built under that count's conditions
+            (classes, head, trainable mode) so the numbers are comparable.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns ``name``, ``input_size``, ``num_classes``, ``head``,
+        ``trainable``, ``total_params``, ``trainable_params``, ``paper_params``,
+        ``paper_counts``, ``paper_source``, ``ours_vs_paper`` (ours / paper of the counted kind).
+    """
+    import pandas as pd
+
+    rows = []
+    for model_name in names if names is not None else _all_names():
+        spec = get_spec(model_name)
+        size = spec.paper_input_size if input_size is None else int(input_size)
+        channels = 3
+        configs: list[tuple[int, str, str | int, PaperCount | None]] = []
+        for pc in spec.paper_params if paper else ():
+            configs.append((pc.num_classes, pc.head or spec.default_head, pc.trainable, pc))
+        plain = (num_classes, spec.default_head, "all")
+        if plain not in [c[:3] for c in configs]:
+            configs.insert(0, (*plain, None))
+        for classes, head_kind, mode, pc in configs:
+            model = build(
+                spec.name,
+                input_shape=(size, size, channels),
+                num_classes=classes,
+                head=head_kind,
+                trainable=mode,
+                dropout=None,
+            )
+            info = build_info(model)
+            ours = None
+            if pc is not None:
+                ours = info["total_params"] if pc.counts == "total" else info["trainable_params"]
+            rows.append(
+                {
+                    "name": spec.name,
+                    "input_size": size,
+                    "num_classes": classes,
+                    "head": head_kind,
+                    "trainable": mode,
+                    "total_params": info["total_params"],
+                    "trainable_params": info["trainable_params"],
+                    "paper_params": None if pc is None else pc.params,
+                    "paper_counts": None if pc is None else pc.counts,
+                    "paper_source": None if pc is None else pc.source,
+                    "ours_vs_paper": None if pc is None else ours / pc.params,
+                }
+            )
+            del model
+    return pd.DataFrame(rows)
+
+
+def info_dict(spec: ModelSpec) -> Mapping[str, Any]:
+    """A JSON-friendly view of a spec (for ``osteo-tf list`` and reports)."""
+    return {
+        "name": spec.name,
+        "family": spec.family,
+        "description": spec.description,
+        "paper_input_size": spec.paper_input_size,
+        "min_input_size": spec.min_input_size,
+        "default_head": spec.default_head,
+        "heads": list(spec.heads),
+        "last_conv": spec.last_conv,
+        "input_scaling": spec.input_scaling,
+        "output": spec.output,
+        "channels": list(spec.channels),
+        "imagenet": spec.imagenet,
+        "paper_params": [pc.__dict__ for pc in spec.paper_params],
+        "notes": spec.notes,
+    }

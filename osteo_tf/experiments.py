@@ -67,16 +67,36 @@ def versions() -> dict[str, str]:
 
 
 def synthetic_dataset(mode: str, *, classes: int = 2, patients: int = 100, preset: str = "default",
-                      size: int | None = None, seed: int = 0, root: str | Path | None = None) -> Path:
+                      size: int | None = None, seed: int = 0, images_per_patient: int | None = None,
+                      root: str | Path | None = None) -> Path:
     """Generate (once) and return the folder of a synthetic dataset; reruns reuse it."""
     from osteo_tf import synthetic
 
     root = Path(root) if root else default_data_dir() / "synthetic"
-    folder = root / f"{mode}-{classes}c-{preset}-p{patients}-s{size or 'default'}-seed{seed}"
+    ipp = "r" if images_per_patient is None else str(images_per_patient)
+    folder = root / (f"{mode}-{classes}c-{preset}-p{patients}-s{size or 'default'}-i{ipp}-seed{seed}"
+                     f"-v{synthetic.GENERATOR_VERSION}")
     if not (folder / "metadata.csv").exists():
         synthetic.write_dataset(folder, mode=mode, classes=classes, patients=patients, preset=preset,
-                                size=size, seed=seed)
+                                size=size, seed=seed, images_per_patient=images_per_patient)
     return folder
+
+
+def load_images(manifest: pd.DataFrame, size: int, *, steps: Sequence = ()) -> np.ndarray:
+    """Grey images (N, size, size) float32 in [0, 1] of a manifest, through the inference pipeline.
+
+    Raises:
+        ValueError: when a file cannot be read (the manifest should come from ``find_dataset``,
+            which quarantines unreadable files first).
+    """
+    from osteo_tf import pipeline
+
+    x, ok = pipeline.load_for_inference(manifest["path"].astype(str).tolist(), image_size=size, steps=steps,
+                                        channels=1)
+    if not ok.all():
+        bad = manifest["path"].astype(str)[~ok].tolist()
+        raise ValueError(f"{len(bad)} image(s) could not be read: {bad[:3]}")
+    return x[..., 0]
 
 
 def setup(
@@ -91,6 +111,7 @@ def setup(
     preset: str = "default",
     patients: int | None = None,
     synth_size: int | None = None,
+    images_per_patient: int | None = None,
     image_size: int | None = None,
     epochs: int | None = None,
     weights: str = "imagenet",
@@ -105,8 +126,9 @@ def setup(
         data_dir: a dataset folder or manifest CSV of the user's; empty/None = synthetic default.
         seed: global seed.
         out_dir: the report folder (metrics.json, run folders); default ``reports/<study>``.
-        synthetic_mode, classes, preset, patients, synth_size: synthetic data options
-            (defaults from the study and the profile).
+        synthetic_mode, classes, preset, patients, synth_size, images_per_patient: synthetic
+            data options (defaults from the study and the profile; ``images_per_patient=None``
+            draws 1 + Poisson(1.5) images per patient).
         image_size, epochs: override the profile's values (0/None = profile default).
         weights, allow_random_init: ImageNet weights and whether a missing weights file may fall
             back to random initialisation (stated in the report).
@@ -132,7 +154,7 @@ def setup(
         mode = synthetic_mode or st.synthetic_mode
         n_classes = classes or st.classes
         folder = synthetic_dataset(mode, classes=n_classes, patients=patients or prof.patients, preset=preset,
-                                   size=synth_size, seed=seed)
+                                   size=synth_size, seed=seed, images_per_patient=images_per_patient)
         ds = datasets.find_dataset(folder)
         source = f"synthetic:{mode}/{preset}"
         provenance = ("synthetic generator (osteo_tf.synthetic): labels are the generator's latent class; "
@@ -163,6 +185,39 @@ _ORDER = {"normal": 0, "osteopenia": 1, "partially_degraded": 1, "osteoporosis":
 def _class_order(name: str):
     """Healthy first, disease last (the positive class is the last one)."""
     return (_ORDER.get(name, 1), name)
+
+
+def resolve_settings(defaults: dict[str, dict], profile: str, **overrides: Any) -> dict:
+    """A study's settings for ``profile``, with notebook overrides applied.
+
+    Empty overrides (``0``, ``""``, ``None``) keep the profile default, so a notebook's parameters
+    cell can default to "use the profile". Comma-separated strings become lists for keys whose
+    default is a list.
+
+    Raises:
+        ValueError: unknown profile or override key.
+    """
+    if profile not in defaults:
+        raise ValueError(f"no settings for profile {profile!r}. Known: {sorted(defaults)}")
+    out = dict(defaults[profile])
+    unknown = sorted(set(overrides) - set(out))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}. Known: {sorted(out)}")
+    for key, value in overrides.items():
+        if value in (0, "", None) or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if isinstance(out[key], list) and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        out[key] = value
+    return out
+
+
+def settings_table(settings: dict, defaults: dict[str, dict]) -> pd.DataFrame:
+    """This run's settings beside the full (paper) profile's, so every difference is printed."""
+    full = defaults.get("full", {})
+    rows = [{"setting": k, "this run": str(v), "paper protocol (full profile)": str(full.get(k, "")),
+             "differs": str(v) != str(full.get(k, v))} for k, v in settings.items()]
+    return pd.DataFrame(rows)
 
 
 def describe(ctx: Context) -> pd.DataFrame:
@@ -196,12 +251,11 @@ def build_model(ctx: Context, name: str, *, num_classes: int | None = None, imag
     from osteo_tf import models
 
     size = int(image_size or ctx.image_size)
-    kwargs = dict(input_shape=(size, size, 3), num_classes=num_classes or len(ctx.class_names), **options)
     weights = options.pop("weights", None) or ctx.weights
-    kwargs.pop("weights", None)
-    if name.startswith("study0"):  # the studies' own CNNs are trained from scratch
+    if models.get_spec(name).family == "study":  # the studies' own CNNs are trained from scratch
         weights = None
-    return models.build(name, weights=weights, allow_random_init=ctx.allow_random_init, **kwargs)
+    return models.build(name, input_shape=(size, size, 3), num_classes=num_classes or len(ctx.class_names),
+                        weights=weights, allow_random_init=ctx.allow_random_init, **options)
 
 
 def fit_evaluate(
@@ -276,7 +330,8 @@ def fit_evaluate(
         train_seconds = out["train_seconds"]
     else:
         keras_model, train_info = training.train(
-            keras_model, train_ds, val_ds, rec=rec, run_dir=run_dir,
+            keras_model, train_ds, val_ds, rec=rec, run_dir=run_dir, run_eagerly=ctx.profile.run_eagerly,
+            jit_compile=ctx.profile.xla,
             config={"study": ctx.study, "experiment": experiment, "model": name, "protocol": protocol,
                     "seed": ctx.seed, "weights": info.get("weights"), "image_size": size})
         epoch_seconds = train_info.epoch_seconds
@@ -310,6 +365,37 @@ def results_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "s
         row["train s"] = r.get("train_seconds")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paper_comparison(ctx: Context, *, keys: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "auc"),
+                     paper: list[dict] | None = None) -> pd.DataFrame:
+    """Our results beside the paper's, one row per (experiment, model, protocol, metric).
+
+    Adds a ``why it differs`` column: synthetic data, the profile, random initialisation, and the
+    protocol (a clean protocol has no leakage).
+    """
+    from osteo_tf import evaluation
+    from osteo_tf.studies import get_study
+
+    table = evaluation.compare_to_paper(ctx.results, paper if paper is not None else get_study(ctx.study).paper,
+                                        keys=keys)
+    reasons = []
+    synthetic = ctx.data["source"].startswith("synthetic")
+    weights_of = {(r["experiment"], r["model"], r.get("protocol")): r.get("weights") for r in ctx.results}
+    for _, row in table.iterrows():
+        why = []
+        if synthetic:
+            why.append("synthetic data")
+        if ctx.profile.name != "full":
+            why.append(f"{ctx.profile.name} profile (smaller images, fewer patients and epochs)")
+        w = weights_of.get((row.get("experiment"), row.get("model"), row.get("protocol")))
+        if w and str(w).startswith("random") and row.get("model") not in ("majority_vote",):
+            why.append("random init instead of ImageNet weights")
+        if row.get("protocol") == "clean":
+            why.append("clean split (no leakage)")
+        reasons.append("; ".join(why) or "same protocol")
+    table["why it differs"] = reasons
+    return table[table["ours"].notna()].reset_index(drop=True)
 
 
 def finish(ctx: Context, *, paper: list[dict] | None = None, extra: dict | None = None) -> Path:

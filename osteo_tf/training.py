@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -122,7 +123,8 @@ def make_optimizer(rec: Recipe):
     raise ValueError(f"optimizer must be 'sgd', 'adam' or 'rmsprop'. Received: optimizer={rec.optimizer!r}")
 
 
-def compile_model(model, rec: Recipe, *, jit_compile: bool | str = "auto", extra_metrics: Sequence = ()):
+def compile_model(model, rec: Recipe, *, jit_compile: bool | str = False, run_eagerly: bool = False,
+                  extra_metrics: Sequence = ()):
     """Compile ``model`` with the recipe's optimizer and loss, tracking accuracy and AUC."""
     import keras
 
@@ -132,7 +134,8 @@ def compile_model(model, rec: Recipe, *, jit_compile: bool | str = "auto", extra
         keras.metrics.AUC(name="auc", multi_label=False),
         *extra_metrics,
     ]
-    model.compile(optimizer=make_optimizer(rec), loss=rec.loss, metrics=metrics, jit_compile=jit_compile)
+    model.compile(optimizer=make_optimizer(rec), loss=rec.loss, metrics=metrics, jit_compile=jit_compile,
+                  run_eagerly=run_eagerly)
     return model
 
 
@@ -216,7 +219,8 @@ def train(
     monitor: str | None = None,
     class_weight: dict | None = None,
     strategy=None,
-    jit_compile: bool | str = "auto",
+    jit_compile: bool | str = False,
+    run_eagerly: bool = False,
     config: dict | None = None,
     verbose: int = 0,
 ) -> tuple[Any, TrainResult]:
@@ -234,6 +238,7 @@ def train(
         class_weight: Keras class weights from the TRAINING split.
         strategy: a ``tf.distribute.Strategy`` or None (default strategy).
         jit_compile: XLA switch passed to ``compile``.
+        run_eagerly: skip graph tracing (only worth it for a few tiny steps, e.g. the smoke profile).
         config: extra facts recorded in ``config.json`` (model name, data, seed...).
         verbose: Keras verbosity (0 in notebooks keeps reports clean).
 
@@ -258,11 +263,11 @@ def train(
             raise TypeError("with a strategy, pass a function that builds the model (variables must be created in strategy.scope())")
         with strategy.scope():
             model = model_or_fn()
-            compile_model(model, rec, jit_compile=jit_compile)
+            compile_model(model, rec, jit_compile=jit_compile, run_eagerly=run_eagerly)
     else:
         model = model_or_fn() if (callable(model_or_fn) and not isinstance(model_or_fn, keras.Model)) else model_or_fn
         if not getattr(model, "compiled", False) or model.optimizer is None:
-            compile_model(model, rec, jit_compile=jit_compile)
+            compile_model(model, rec, jit_compile=jit_compile, run_eagerly=run_eagerly)
     check_monitor(monitor, model, validation=val_ds is not None)
 
     cfg = {"recipe": asdict(rec), "epochs": epochs, "monitor": monitor, "class_weight": class_weight,
@@ -286,8 +291,12 @@ def train(
                                               restore_best_weights=True)
         callbacks.append(early)
     try:
-        hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                         class_weight=class_weight, verbose=verbose)
+        with warnings.catch_warnings():
+            # tf.data pipelines that skip unreadable files have unknown cardinality: Keras then
+            # warns at every epoch end that the input "ran out of data", which is expected here.
+            warnings.filterwarnings("ignore", message=".*ran out of data.*")
+            hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+                             class_weight=class_weight, verbose=verbose, shuffle=False)
     except RuntimeError as exc:
         if "NaN or Inf loss" in str(exc):
             raise TrainingDivergedError(

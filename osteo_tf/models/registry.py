@@ -34,6 +34,8 @@ _IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _INFO_ATTR = "_osteo_tf_info"
+_FETCH_FAILED: dict[tuple, str] = {}
+"""ImageNet weight files whose download already failed in this process (name, file) -> message."""
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -577,6 +579,14 @@ def build(
         dense_units=dense_units,
         **options,
     )
+    fetch_key = (spec.name, expected_weights_file(spec.name, shape, head))
+    if keras_weights == "imagenet" and fetch_key in _FETCH_FAILED:
+        # Already failed in this process: do not wait for another network timeout (~10 s offline).
+        message = _FETCH_FAILED[fetch_key]
+        if not allow_random_init:
+            raise WeightsUnavailableError(message)
+        warnings.warn(f"{message} Building with random weights (allow_random_init=True).", stacklevel=2)
+        keras_weights, weights_label = None, "random (imagenet unavailable)"
     if keras_weights == "imagenet" and not spec.imagenet:
         err = WeightsUnavailableError(_unavailable_message(spec, shape, head, None))
         if not allow_random_init:
@@ -589,6 +599,7 @@ def build(
         if keras_weights != "imagenet" or not _is_fetch_failure(err):
             raise
         message = _unavailable_message(spec, shape, head, err)
+        _FETCH_FAILED[fetch_key] = message
         if not allow_random_init:
             raise WeightsUnavailableError(message) from err
         warnings.warn(f"{message} Building with random weights (allow_random_init=True).", stacklevel=2)

@@ -1,0 +1,1 @@
+"""Per-study workflows the notebooks call (one module per study)."""

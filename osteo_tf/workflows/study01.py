@@ -1,0 +1,159 @@
+"""Study 01: offline augmentation sets N/A/B/C, paper protocol vs clean protocol, vote, k-fold.
+
+Paper protocol (what the paper did): build the augmented set from ALL sources, then split the
+images one by one (80/20), so copies of one source image sit on both sides.
+Clean protocol (ours): split the SOURCES first (grouped), augment the training side only, test on
+the untouched originals of the held-out sources.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from osteo_tf import augment, evaluation, io, splits
+from osteo_tf.experiments import Context, FitResult, fit_evaluate, load_images
+
+DEFAULTS = {
+    "smoke": {"models": ["study01_cnn", "resnet18"], "sets": ["N", "C"], "image_size": 32, "epochs": 1,
+              "patients": 16, "kfold": 2, "kfold_models": ["study01_cnn"], "batch_size": 16},
+    "quick": {"models": ["study01_cnn", "mobilenetv2"], "sets": ["N", "A", "B", "C"], "image_size": 64,
+              "epochs": 5, "patients": 80, "kfold": 3, "kfold_models": ["study01_cnn"], "batch_size": 16},
+    "full": {"models": ["alexnet", "googlenet", "resnet50", "mobilenetv2", "inceptionv3", "study01_cnn"],
+             "sets": ["N", "A", "B", "C"], "image_size": 224, "epochs": 20, "patients": 174, "kfold": 3,
+             "kfold_models": ["alexnet", "googlenet", "resnet50", "mobilenetv2", "inceptionv3", "study01_cnn"],
+             "batch_size": 5},
+}
+"""Per-profile settings. The paper: 174 patients (one ROI each), 20 epochs, mini-batch 5, each
+transfer model at its own input size (AlexNet 227, InceptionV3 299, others 224)."""
+
+SETS = ("N", "A", "B", "C")
+PROTOCOLS = ("paper", "clean")
+EXPERIMENT_OF_SET = {"N": "E1", "A": "E2", "B": "E3", "C": "E4"}
+
+
+def offline_set_manifest(ctx: Context, sources: pd.DataFrame, set_name: str, folder: Path) -> pd.DataFrame:
+    """Build offline set ``set_name`` from ``sources`` at the context's image size and write it.
+
+    Every derived image keeps its source image id (``source``) and the source's group
+    (``group``: the patient, or the source image itself when there is one image per patient).
+
+    Returns:
+        manifest (path, label, group, source, sha256) of the written set.
+    """
+    folder = Path(folder)
+    images = load_images(sources, ctx.image_size)
+    ids = [f"img{i:05d}" for i in sources.index]
+    group_of = dict(zip(ids, sources["group"].astype(str)))
+    records = augment.build_offline_set(list(images), ids=ids, labels=sources["label"].astype(str).tolist(),
+                                        set_name=set_name)
+    manifest_path = augment.write_offline_set(records, folder)
+    m = pd.read_csv(manifest_path, dtype=str)
+    m["source"] = m["group"]
+    m["group"] = m["source"].map(group_of)
+    m["path"] = [str(folder / p) for p in m["path"]]
+    m["relpath"] = m["path"]
+    m["sha256"] = [io.pixel_sha256(io.load_xray(p)) for p in m["path"]]
+    return m
+
+
+def protocol_split(ctx: Context, set_name: str, protocol: str, *, test: float = 0.2) -> pd.DataFrame:
+    """The train/test manifest of one (set, protocol) pair, images written under ``ctx.out_dir/data``."""
+    if set_name not in SETS:
+        raise ValueError(f"set_name must be one of {SETS}. Received: set_name={set_name!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}. Received: protocol={protocol!r}")
+    root = ctx.out_dir / "data" / protocol / set_name
+    if protocol == "paper":
+        m = offline_set_manifest(ctx, ctx.manifest, set_name, root)
+        return splits.paper_protocol_split(m, test=test, seed=ctx.seed)
+    src = splits.grouped_split(ctx.manifest, val=0.0, test=test, seed=ctx.seed)
+    train = offline_set_manifest(ctx, src[src["split"] == "train"], set_name, root / "train")
+    held = offline_set_manifest(ctx, src[src["split"] == "test"], "N", root / "test")
+    train["split"], held["split"] = "train", "test"
+    out = pd.concat([train, held], ignore_index=True)
+    splits.assert_no_leakage(out)
+    return out
+
+
+def kfold_splits(ctx: Context, set_name: str, protocol: str, *, k: int = 3) -> list[pd.DataFrame]:
+    """k folds of one (set, protocol): paper = image-level folds of the augmented set; clean =
+    source-grouped folds, training side augmented, test = originals."""
+    root = ctx.out_dir / "data" / f"{protocol}-kfold" / set_name
+    if protocol == "paper":
+        m = offline_set_manifest(ctx, ctx.manifest, set_name, root)
+        m = m.assign(_row=np.arange(len(m)))
+        return [f.drop(columns="_row") for f in splits.grouped_kfold(m, k=k, seed=ctx.seed, group_col="_row")]
+    folds = []
+    for i, f in enumerate(splits.grouped_kfold(ctx.manifest, k=k, seed=ctx.seed)):
+        train = offline_set_manifest(ctx, f[f["split"] == "train"], set_name, root / f"fold{i}" / "train")
+        held = offline_set_manifest(ctx, f[f["split"] == "test"], "N", root / f"fold{i}" / "test")
+        train["split"], held["split"] = "train", "test"
+        folds.append(pd.concat([train, held], ignore_index=True))
+    return folds
+
+
+def vote_record(ctx: Context, fits: Sequence[FitResult], *, experiment: str = "E6", protocol: str) -> dict:
+    """Majority vote of several models evaluated on the SAME test split (study 01's E6)."""
+    if not fits:
+        raise ValueError("vote_record needs at least one fitted model")
+    y_true = fits[0].y_true
+    for f in fits[1:]:
+        if not np.array_equal(f.y_true, y_true):
+            raise ValueError("all models must be evaluated on the same test split to vote")
+    probs = [f.y_prob for f in fits]
+    y_pred, _ = evaluation.majority_vote(probs)
+    # vote shares as scores (for AUC), ties broken the way majority_vote broke them
+    shares = np.mean([np.eye(probs[0].shape[1])[p.argmax(1)] for p in probs], axis=0)
+    shares[np.arange(len(y_pred)), y_pred] += 1e-6
+    shares /= shares.sum(1, keepdims=True)
+    record = evaluation.result_record(
+        experiment=experiment, model="majority_vote", protocol=protocol, y_true=y_true, y_prob=shares,
+        groups=fits[0].groups, class_names=ctx.class_names, seed=ctx.seed,
+        extra={"voters": [f.record["model"] for f in fits]})
+    ctx.results.append(record)
+    return record
+
+
+def kfold_record(ctx: Context, folds: Sequence[pd.DataFrame], *, model: str, rec, protocol: str,
+                 set_name: str = "C") -> dict:
+    """Train ``model`` on each fold; aggregate (mean, std) and pool the out-of-fold predictions."""
+    per_fold, y_true, y_prob, groups = [], [], [], []
+    for i, fold in enumerate(folds):
+        fit = fit_evaluate(ctx, fold, model=model, experiment=f"E7-fold{i}", rec=rec, protocol=protocol,
+                           keep=False)
+        per_fold.append(fit.record)
+        y_true.append(fit.y_true)
+        y_prob.append(fit.y_prob)
+        groups.append(np.array([f"fold{i}:{g}" for g in fit.groups]))
+    agg = evaluation.aggregate_folds(per_fold, keys=["accuracy", "sensitivity", "specificity", "f1", "auc"])
+    record = evaluation.result_record(
+        experiment="E7", model=model, protocol=protocol, y_true=np.concatenate(y_true),
+        y_prob=np.concatenate(y_prob), groups=np.concatenate(groups), class_names=ctx.class_names,
+        seed=ctx.seed, train_seconds=float(sum(r.get("train_seconds") or 0 for r in per_fold)),
+        extra={"k": len(folds), "set": set_name, "fold_mean_std": agg})
+    ctx.results.append(record)
+    return record
+
+
+def leakage_gap(records: Sequence[dict], *, metric: str = "accuracy") -> pd.DataFrame:
+    """Paper-protocol minus clean-protocol ``metric`` per (experiment, model), with CI overlap."""
+    by = {(r["experiment"], r["model"], r.get("protocol")): r for r in records}
+    rows = []
+    for (exp, model, proto), r in sorted(by.items(), key=lambda kv: str(kv[0])):
+        if proto != "paper" or (exp, model, "clean") not in by:
+            continue
+        c = by[(exp, model, "clean")]
+        ci_p, ci_c = (r.get("ci95") or {}).get(metric), (c.get("ci95") or {}).get(metric)
+        overlap = None
+        if ci_p and ci_c and None not in ci_p and None not in ci_c:
+            overlap = bool(ci_p[0] <= ci_c[1] and ci_c[0] <= ci_p[1])
+        rows.append({"experiment": exp, "model": model, f"paper protocol {metric}": r.get(metric),
+                     f"clean protocol {metric}": c.get(metric),
+                     "inflation (points)": None if r.get(metric) is None or c.get(metric) is None
+                     else round(100 * (r[metric] - c[metric]), 1),
+                     "CIs overlap": overlap})
+    return pd.DataFrame(rows)

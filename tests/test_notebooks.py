@@ -1,0 +1,106 @@
+"""Every study notebook: static rules, then a real papermill run in the smoke profile with HTML export."""
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from osteo_tf import cli, reports
+from osteo_tf.studies import STUDIES, study_names
+
+NOTEBOOKS = sorted(Path(__file__).resolve().parent.parent.joinpath("notebooks").glob("*.ipynb"))
+
+
+def test_every_registered_study_has_a_notebook():
+    assert [s.notebook for s in STUDIES.values() if s.notebook.exists()] == [
+        s.notebook for s in STUDIES.values()]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_one_parameters_cell_and_no_logic(path):
+    nb = nbformat.read(str(path), as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not defs, f"{path.name}: logic belongs in osteo_tf, found {type(defs[0]).__name__} in:\n{cell.source[:200]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_are_annotated_literals_with_help(path):
+    nb = nbformat.read(str(path), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    lines = [ln for ln in cell.source.splitlines() if ln.strip()]
+    names = []
+    for ln in lines:
+        assert re.match(r"^\w+: \w+ = .+  # .+", ln), f"{path.name}: parameter without type or help: {ln!r}"
+        names.append(ln.split(":")[0])
+    for common in reports.COMMON_PARAMETERS:
+        assert common in names, f"{path.name} lacks the common parameter {common!r}"
+    # papermill must parse every one (it silently skips a line with a second '=' in its help)
+    assert sorted(reports.notebook_parameters(path)) == sorted(names)
+
+
+def test_unknown_parameter_is_rejected_before_running(tmp_path, capsys):
+    code = cli.main(["run", "01", "--profile", "smoke", "--out", str(tmp_path), "-p", "epochz=3"])
+    assert code == 2
+    assert "epochz" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def smoke_reports(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    code = cli.main(["run", "all", "--profile", "smoke", "--out", str(out)])
+    return out, code
+
+
+def test_all_studies_run_in_smoke_profile(smoke_reports):
+    out, code = smoke_reports
+    statuses = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/status.json")}
+    failed = {k: v["error"] for k, v in statuses.items() if v["status"] != "ok"}
+    assert not failed, failed
+    assert code == 0
+    assert sorted(statuses) == sorted(study_names())
+
+
+@pytest.mark.parametrize("study", study_names())
+def test_html_report_is_self_contained_and_complete(smoke_reports, study):
+    out, _ = smoke_reports
+    html = (out / study / f"{study}.html").read_text(encoding="utf-8")
+    assert "Traceback" not in html
+    srcs = re.findall(r"<img[^>]+src=[\"']([^\"']+)", html)
+    assert srcs, "the report should contain figures"
+    assert all(s.startswith("data:image/") for s in srcs), [s[:40] for s in srcs if not s.startswith("data:")]
+    assert "profile" in html and "smoke" in html, "parameters are printed"
+    assert "version tensorflow" in html
+    assert "why it differs" in html, "the paper comparison table is shown"
+    metrics = json.loads((out / study / "metrics.json").read_text())
+    assert metrics["study"] == study and metrics["profile"] == "smoke"
+    assert metrics["results"], "at least one result"
+    for r in metrics["results"]:
+        assert 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_index_lists_every_study_with_status(smoke_reports):
+    out, _ = smoke_reports
+    index = (out / "index.html").read_text()
+    for study in study_names():
+        assert f"{study}/{study}.html" in index
+    assert "failed" not in re.findall(r"class='(\w+)'", index)
+
+
+def test_failing_study_keeps_partial_report_and_fails_the_run(tmp_path):
+    code = cli.main(["run", "01", "--profile", "smoke", "--out", str(tmp_path), "-p", "model_names=no_such_model"])
+    assert code == 1
+    status = json.loads((tmp_path / "01-calcaneus-augmentation" / "status.json").read_text())
+    assert status["status"] == "failed" and "no_such_model" in status["error"]
+    html = (tmp_path / "01-calcaneus-augmentation" / "01-calcaneus-augmentation.html").read_text()
+    assert "no_such_model" in html  # the error is shown in the partial report
+    assert "class='failed'" in (tmp_path / "index.html").read_text()

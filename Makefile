@@ -27,16 +27,10 @@ install: $(STAMP)
 kernel: $(STAMP)
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (osteo-tf)"
 
-# Until the study notebooks land, `make reports` generates the synthetic datasets and inspects them.
-SYNTH := data/synthetic
+# Runs every study notebook (papermill) in the quick profile and writes reports/index.html.
+# `make reports PROFILE=smoke` for a fast check, `PROFILE=full` on a GPU machine.
 reports: $(STAMP)
-	@mkdir -p reports/datasets
-	@for mode in calcaneus knee dxa; do \
-	  $(BIN)/osteo-tf synth --mode $$mode --patients 120 --seed 0 --out $(SYNTH)/$$mode || exit 1; \
-	  $(BIN)/osteo-tf inspect $(SYNTH)/$$mode > reports/datasets/$$mode.txt || exit 1; \
-	  $(BIN)/osteo-tf inspect $(SYNTH)/$$mode --json > reports/datasets/$$mode.json || exit 1; \
-	  echo "inspected $(SYNTH)/$$mode -> reports/datasets/$$mode.txt"; \
-	done
+	$(BIN)/osteo-tf run all --profile $(PROFILE) --out reports
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import logging
 import sys
 import time
@@ -75,12 +76,50 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
     return name
 
 
+_NATIVE_LOG = re.compile(
+    r"^(?:[IWE]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] .*"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.)$"
+)
+
+
+def strip_native_logs(nb) -> int:
+    """Remove TensorFlow's C++ start-up log lines (absl ``I0000 ...`` lines) from stderr outputs.
+
+    They cannot be silenced by ``TF_CPP_MIN_LOG_LEVEL`` (they are printed before absl logging is
+    initialised) and say nothing about the study. Python warnings and errors are kept.
+
+    Returns:
+        The number of lines removed.
+    """
+    removed = 0
+    for cell in nb.cells:
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                lines = out["text"].splitlines(keepends=True)
+                clean = [ln for ln in lines if not _NATIVE_LOG.match(ln.rstrip("\n"))]
+                removed += len(lines) - len(clean)
+                if not "".join(clean).strip():
+                    continue
+                out["text"] = "".join(clean)
+            kept.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    return removed
+
+
 def export_html(ipynb: str | Path, html_path: str | Path, *, hide_code: bool = True) -> Path:
-    """Convert an executed notebook to ONE self-contained HTML file (images embedded)."""
+    """Convert an executed notebook to ONE self-contained HTML file (images embedded).
+
+    Code cells are hidden (the report is for readers; the .ipynb beside it keeps everything),
+    TensorFlow's native start-up log lines are dropped from the report.
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(ipynb), as_version=4)
+    strip_native_logs(nb)
     exporter = HTMLExporter(embed_images=True, exclude_input=hide_code, exclude_input_prompt=True,
                             exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)

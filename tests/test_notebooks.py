@@ -104,3 +104,16 @@ def test_failing_study_keeps_partial_report_and_fails_the_run(tmp_path):
     html = (tmp_path / "01-calcaneus-augmentation" / "01-calcaneus-augmentation.html").read_text()
     assert "no_such_model" in html  # the error is shown in the partial report
     assert "class='failed'" in (tmp_path / "index.html").read_text()
+
+
+def test_native_tensorflow_logs_are_stripped_but_warnings_kept():
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=(
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1795308968.346441   19178 port.cc:153] oneDNN custom operations are on.\n"
+        "/x.py:3: UserWarning: keep me\n")),
+        nbformat.v4.new_output("stream", name="stderr", text="E0000 00:00:17.1   19 cuda_platform.cc:52] failed\n")]
+    nb.cells.append(cell)
+    assert reports.strip_native_logs(nb) == 3
+    assert [o["text"] for o in nb.cells[0].outputs] == ["/x.py:3: UserWarning: keep me\n"]

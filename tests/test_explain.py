@@ -100,8 +100,7 @@ def test_gradcam_sigmoid_class0_is_negative_logit():
     # Grad-CAM weights of class 0 are the negated weights of class 1: the (ReLU-ed) maps
     # highlight complementary regions, never the same map
     assert not np.array_equal(m0, m1)
-    assert np.array_equal(model.layers[-1].activation(np.zeros((1, 1), "float32")),
-                          keras.activations.sigmoid(np.zeros((1, 1), "float32")))
+    assert model.layers[-1].activation.__name__ == "sigmoid"  # the caller's head is untouched
 
 
 @pytest.mark.parametrize("method", explain.CAM_METHODS)

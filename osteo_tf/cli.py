@@ -80,6 +80,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from osteo_tf import explain
+
+    table, skipped = explain.predict_files(args.model, args.images, explain=args.explain, out_dir=args.out,
+                                           lime_samples=args.lime_samples, seed=args.seed)
+    print(f"wrote {len(table)} prediction(s) to {Path(args.out) / 'predictions.csv'}")
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} image(s) skipped", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from osteo_tf.config import PROFILES
     from osteo_tf.studies import STUDIES
@@ -136,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
                    help="override a notebook parameter (unknown keys are an error)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("predict", help="class probabilities (CSV) and explanation overlays for image files")
+    p.add_argument("--model", required=True, type=Path, help="a .keras model (class names from its osteo_tf sidecar)")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, BMP, DICOM)")
+    p.add_argument("--explain", choices=["gradcam", "gradcam++", "lime"], default=None)
+    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
+    p.add_argument("--lime-samples", type=int, default=1000, help="LIME perturbation samples per image")
+    p.add_argument("--seed", type=int, default=0, help="LIME seed")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("list", help="list studies, models and profiles")
     p.set_defaults(func=_cmd_list)

@@ -1,6 +1,6 @@
 """LIME throughput: lime's defaults vs ``osteo_tf.explain.lime_explain`` (``osteo-tf bench``).
 
-Both explain the same 224 x 224 grey image with the same model (MobileNetV2, ``weights=None``,
+Both explain the same 224 x 224 grey image with the same model (MobileNetV3-Small, study 05's model, ``weights=None``,
 2 classes), the same segmentation (``explain.DEFAULT_SEGMENTATION``), the same seed and the SAME
 number of samples:
 
@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 IMAGE_SIZE = 224
-MODEL = "mobilenetv2"
+MODEL = "mobilenetv3small"  # study 05 explains MobileNetV3 and EfficientNetB0
 BATCH_OURS = 256
 BATCH_LIME_DEFAULT = 10
 

@@ -182,7 +182,7 @@ def run_study(
     try:
         papermill.execute_notebook(
             str(study.notebook), str(ipynb), parameters=params, kernel_name=ensure_kernel(kernel),
-            cwd=str(PROJECT_ROOT), progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+            cwd=str(PROJECT_ROOT), progress_bar=True, log_output=False, request_save_on_cell_execute=True,
         )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"

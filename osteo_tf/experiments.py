@@ -331,6 +331,7 @@ def fit_evaluate(
     else:
         keras_model, train_info = training.train(
             keras_model, train_ds, val_ds, rec=rec, run_dir=run_dir, run_eagerly=ctx.profile.run_eagerly,
+            class_weight=class_weight,
             jit_compile=ctx.profile.xla,
             config={"study": ctx.study, "experiment": experiment, "model": name, "protocol": protocol,
                     "seed": ctx.seed, "weights": info.get("weights"), "image_size": size})

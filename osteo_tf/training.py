@@ -357,10 +357,13 @@ def split_head(model, *, head_input: str = HEAD_INPUT_LAYER):
 
 
 def extract_features(feature_model, ds) -> tuple[np.ndarray, np.ndarray]:
-    """Run the frozen feature extractor once over a dataset: (features, labels)."""
+    """Run the frozen feature extractor once over a dataset (one traced graph): (features, labels)."""
+    import tensorflow as tf
+
+    forward = tf.function(feature_model.call, reduce_retracing=True)
     feats, labels = [], []
     for x, y in ds:
-        feats.append(np.asarray(feature_model(x, training=False)))
+        feats.append(np.asarray(forward(x, training=False)))
         labels.append(np.asarray(y))
     return np.concatenate(feats), np.concatenate(labels)
 

@@ -275,6 +275,9 @@ def train(
            "replicas": getattr(strategy, "num_replicas_in_sync", 1), **(config or {})}
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
 
+    if not (run_dir / "backup").exists():  # a fresh run (not a resume) starts a fresh history
+        for stale in ("history.csv", "best.keras", "result.json"):
+            (run_dir / stale).unlink(missing_ok=True)
     timer = EpochTimer()
     best_path = run_dir / "best.keras"
     mode = "max" if any(k in monitor for k in ("acc", "auc")) else "min"

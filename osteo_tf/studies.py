@@ -104,6 +104,9 @@ _S05 = [
 ]
 
 STUDIES: dict[str, Study] = {s.name: s for s in [
+    Study("00-dataset-card",
+          "Dataset card: counts per class / patient / split, sizes, bit depths, duplicates, near-duplicates, quarantine, baselines",
+          "No paper: describes the data every study uses", "calcaneus", 2, []),
     Study("01-calcaneus-augmentation",
           "Calcaneus radiographs: offline augmentation sets N/A/B/C, five transfer models, small CNN, majority vote",
           "Study 01 (seeds/000): calcaneus ROIs, 87 OP / 87 CN, 400x400", "calcaneus", 2, _S01,
@@ -128,6 +131,9 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
           "Knee X-rays: EfficientNetB0 / MobileNetV3, LIME and Grad-CAM, LIME-masked retraining",
           "Study 05 (seeds/004): 774 knee X-rays, split 7:2:1", "knee", 2, _S05,
           (("original", "efficientnetb0"), ("lime-masked", "efficientnetb0"))),
+    Study("06-leakage-audit",
+          "Leakage audit: augment-then-split, image-level splits, test-set reuse, LIME masks from a model that saw the test",
+          "Audit of studies 01 and 05's protocols (Yagis et al. 2021; Kapoor and Narayanan 2023)", "calcaneus", 2, []),
 ]}
 
 

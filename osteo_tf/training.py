@@ -535,7 +535,9 @@ def default_strategy():
 
 def predict_proba(model, ds) -> np.ndarray:
     """Class probabilities (N, C) for a dataset; a single-sigmoid model becomes (N, 2)."""
-    p = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+    with warnings.catch_warnings():  # unknown-cardinality pipelines (see train()) are expected
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        p = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 1:
         p = np.concatenate([1 - p, p], axis=1)
     return p

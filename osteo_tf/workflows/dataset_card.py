@@ -1,0 +1,392 @@
+"""Notebook 00: a dataset card. Can this data support the claims made on it?
+
+For a dataset folder / manifest (or the synthetic default): counts per class, per patient and per
+split; image sizes, bit depths and formats; sample grids and intensity histograms per class;
+pixel-identical duplicates and near-duplicates (a small perceptual hash, pHash / dHash, computed
+here with NumPy / SciPy, robust to contrast changes and checked under the 8 rotations / flips);
+quarantined files; for synthetic data the preset and its oracle (Bayes) accuracy; and two cheap
+baselines with patient-grouped cross-validation (intensity only, texture + intensity) whose
+accuracy tells whether a shortcut (global intensity) already separates the classes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import fft as sfft
+from scipy import ndimage
+
+from osteo_tf import evaluation, splits
+from osteo_tf.experiments import Context
+
+DEFAULTS = {
+    "smoke": {"patients": 24, "synth_size": 64, "stats_size": 64, "hash_threshold": 6, "kfold": 3,
+              "n_per_class": 4, "preset": "default"},
+    "quick": {"patients": 160, "synth_size": 128, "stats_size": 96, "hash_threshold": 6, "kfold": 5,
+              "n_per_class": 6, "preset": "default"},
+    "full": {"patients": 400, "synth_size": 256, "stats_size": 128, "hash_threshold": 6, "kfold": 5,
+             "n_per_class": 8, "preset": "default"},
+}
+"""Per-profile settings. There is no paper protocol: ``full`` only uses more (and larger) images."""
+
+HASH_BITS = 64
+"""Bits of :func:`phash` and :func:`dhash` (8 x 8)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# counts
+
+
+def class_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Per class: images, patients (groups), images per patient (min / mean / max), share of images."""
+    rows = []
+    for label, part in manifest.groupby("label", sort=True):
+        per = part.groupby("group").size()
+        rows.append({"class": label, "images": len(part), "patients": per.size,
+                     "images per patient min": int(per.min()), "mean": round(float(per.mean()), 2),
+                     "max": int(per.max()), "share of images": round(len(part) / max(len(manifest), 1), 3)})
+    return pd.DataFrame(rows)
+
+
+def images_per_patient(manifest: pd.DataFrame) -> pd.DataFrame:
+    """How many patients have 1, 2, 3... images, per class."""
+    per = manifest.groupby(["group", "label"]).size().rename("images per patient").reset_index()
+    table = per.groupby(["images per patient", "label"]).size().unstack("label", fill_value=0)
+    return table.reset_index()
+
+
+def image_properties(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Counts of every (height x width, bit depth, format) combination, per class."""
+    m = manifest.assign(size=manifest["height"].astype(str) + " x " + manifest["width"].astype(str))
+    return (m.groupby(["size", "bit_depth", "format", "label"]).size().unstack("label", fill_value=0)
+            .reset_index().rename(columns={"size": "height x width", "bit_depth": "bit depth"}))
+
+
+def quarantine_table(ctx: Context) -> pd.DataFrame:
+    """Files that could not be used, with the reason (empty table when there are none)."""
+    q = ctx.quarantine if ctx.quarantine is not None else pd.DataFrame(columns=["relpath", "label", "reason"])
+    return q[[c for c in ("relpath", "label", "reason") if c in q.columns]].reset_index(drop=True)
+
+
+def duplicate_table(ctx: Context) -> pd.DataFrame:
+    """Pixel-identical duplicate groups (``datasets.find_dataset``), with their patients and labels."""
+    m = ctx.manifest.set_index("relpath")
+    rows = []
+    for i, group in enumerate(ctx.duplicates):
+        known = [r for r in group if r in m.index]
+        rows.append({"duplicate group": i, "files": " == ".join(group), "n": len(group),
+                     "patients": m.loc[known, "group"].nunique() if known else None,
+                     "labels": ", ".join(sorted(map(str, m.loc[known, "label"].unique()))) if known else ""})
+    return pd.DataFrame(rows, columns=["duplicate group", "files", "n", "patients", "labels"])
+
+
+# ----------------------------------------------------------------------------------------------
+# perceptual hashes
+
+
+def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Area-like resize: Gaussian prefilter against aliasing, then linear interpolation."""
+    img = np.asarray(image, np.float64)
+    if img.ndim != 2 or img.size == 0:
+        raise ValueError(f"image must be a non-empty 2-D array. Received: shape {np.shape(image)}")
+    sig = [max(s / t / 2.0 - 0.5, 0.0) for s, t in zip(img.shape, shape)]
+    if any(sig):
+        img = ndimage.gaussian_filter(img, sig, mode="nearest")
+    zoom = [t / s for s, t in zip(img.shape, shape)]
+    out = ndimage.zoom(img, zoom, order=1, mode="nearest", grid_mode=True)
+    return out[: shape[0], : shape[1]]
+
+
+def dhash(image: np.ndarray, size: int = 8) -> np.ndarray:
+    """Difference hash: resize to ``size x (size + 1)``, compare each pixel with its right neighbour.
+
+    Returns:
+        (size * size,) bool.
+    """
+    small = _resize(image, (size, size + 1))
+    return (small[:, 1:] > small[:, :-1]).ravel()
+
+
+def phash(image: np.ndarray, size: int = 8, factor: int = 4) -> np.ndarray:
+    """DCT perceptual hash: resize to ``4 size`` square, 2-D DCT, keep the lowest ``size x size``
+    frequencies, threshold at their median (the DC term excluded from the median).
+
+    Invariant to brightness and contrast changes (a monotone affine grey map leaves the signs of
+    the AC coefficients relative to their median nearly unchanged).
+
+    Returns:
+        (size * size,) bool.
+    """
+    n = size * factor
+    small = _resize(image, (n, n))
+    coef = sfft.dctn(small - small.mean(), type=2, norm="ortho")[:size, :size]
+    ac = coef.ravel()[1:]
+    return (coef.ravel() > np.median(ac))
+
+
+def dihedral(image: np.ndarray) -> list[np.ndarray]:
+    """The 8 rotations / flips of an image (identity first)."""
+    img = np.asarray(image)
+    out = []
+    for k in range(4):
+        r = np.rot90(img, k)
+        out += [r, np.fliplr(r)]
+    return out
+
+
+TRANSFORMS = ("identity", "flip", "rot90", "rot90+flip", "rot180", "rot180+flip", "rot270", "rot270+flip")
+"""Names of :func:`dihedral`'s outputs, in order."""
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise Hamming distances between bool hash rows: (N, B) x (M, B) -> (N, M) int."""
+    a, b = np.asarray(a, np.int32), np.asarray(b, np.int32)
+    return a @ (1 - b).T + (1 - a) @ b.T
+
+
+def near_duplicates(manifest: pd.DataFrame, images: Sequence[np.ndarray], *, threshold: int = 6) -> tuple[pd.DataFrame, np.ndarray]:
+    """Pairs of images whose pHash distance (minimum over the 8 rotations / flips) is <= ``threshold``.
+
+    Args:
+        manifest: rows aligned with ``images`` (``relpath``, ``group``, ``label``, ``sha256``).
+        images: grey (H, W) images (any size; a common small size is fine).
+        threshold: maximum Hamming distance out of 64 bits.
+
+    Returns:
+        ``(pairs, nearest)``: pairs (file a, file b, pHash distance, dHash distance, transform,
+        pixel identical, same patient, same label) sorted by distance; nearest: for every image the
+        pHash distance to its nearest OTHER image (for the histogram / threshold choice).
+    """
+    n = len(images)
+    if n != len(manifest):
+        raise ValueError(f"images and manifest must align. Received: {n} images, {len(manifest)} rows")
+    if n < 2:
+        return pd.DataFrame(columns=["file a", "file b", "pHash distance", "dHash distance", "transform",
+                                     "pixel identical", "same patient", "same label"]), np.zeros(n, int)
+    base = np.stack([phash(img) for img in images])
+    dh = np.stack([dhash(img) for img in images])
+    dists = np.stack([hamming(base, np.stack([phash(t) for t in dihedral(img)])) for img in images], axis=1)
+    # dists[i, j, t] = distance between image i and transform t of image j
+    best_t = dists.argmin(axis=2)
+    best = dists.min(axis=2)
+    best = np.minimum(best, best.T)
+    np.fill_diagonal(best, HASH_BITS + 1)
+    nearest = best.min(axis=1)
+    dd = hamming(dh, dh)
+    m = manifest.reset_index(drop=True)
+    rows = []
+    for i, j in zip(*np.nonzero(np.triu(best <= threshold, k=1))):
+        rows.append({"file a": m.at[i, "relpath"], "file b": m.at[j, "relpath"], "pHash distance": int(best[i, j]),
+                     "dHash distance": int(dd[i, j]), "transform": TRANSFORMS[int(best_t[i, j])],
+                     "pixel identical": bool(m.at[i, "sha256"] == m.at[j, "sha256"]),
+                     "same patient": bool(m.at[i, "group"] == m.at[j, "group"]),
+                     "same label": bool(m.at[i, "label"] == m.at[j, "label"])})
+    pairs = pd.DataFrame(rows, columns=["file a", "file b", "pHash distance", "dHash distance", "transform",
+                                        "pixel identical", "same patient", "same label"])
+    return pairs.sort_values(["pHash distance", "file a"]).reset_index(drop=True), nearest
+
+
+def hash_sanity_check(image: np.ndarray, *, seed: int = 0) -> pd.DataFrame:
+    """pHash / dHash distances of one image to edited copies of itself (and to noise), so a reader
+    sees what the detector catches: contrast / brightness changes, rotations, flips, sharpening."""
+    from osteo_tf import augment
+
+    img = np.asarray(image, np.float32)
+    variants = {"same image": img, **augment.study01_variants(img), "sharpened": augment.sharpen(img),
+                "horizontal flip": np.fliplr(img).copy(),
+                "unrelated (noise)": np.random.default_rng([seed, 2**20]).random(img.shape).astype(np.float32)}
+    h0, d0 = phash(img), dhash(img)
+    rows = []
+    for name, v in variants.items():
+        direct = int(hamming(h0[None], phash(v)[None])[0, 0])
+        best = int(min(hamming(h0[None], phash(t)[None])[0, 0] for t in dihedral(v)))
+        rows.append({"copy": name, "pHash distance": direct, "pHash distance (best of 8 rotations/flips)": best,
+                     "dHash distance": int(hamming(d0[None], dhash(v)[None])[0, 0])})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# intensity statistics and baselines
+
+
+def intensity_features(image: np.ndarray) -> np.ndarray:
+    """Mean, SD and the 5 / 25 / 50 / 75 / 95th percentiles of the grey values."""
+    img = np.asarray(image, np.float64)
+    return np.r_[img.mean(), img.std(), np.percentile(img, [5, 25, 50, 75, 95])]
+
+
+def texture_features(image: np.ndarray) -> np.ndarray:
+    """The generator's variogram texture features (``synthetic.texture_features``), NaN-safe."""
+    from osteo_tf import synthetic
+
+    try:
+        return synthetic.texture_features(np.asarray(image, np.float64))
+    except ValueError:
+        return np.full(len(synthetic.TEXTURE_FEATURES), np.nan)
+
+
+FEATURE_SETS = ("intensity only", "texture + intensity")
+
+
+def feature_matrix(images: Sequence[np.ndarray], kind: str) -> np.ndarray:
+    """(N, F) features of a :data:`FEATURE_SETS` kind."""
+    if kind not in FEATURE_SETS:
+        raise ValueError(f"kind must be one of {FEATURE_SETS}. Received: kind={kind!r}")
+    inten = np.stack([intensity_features(x) for x in images])
+    if kind == "intensity only":
+        return inten
+    return np.concatenate([np.stack([texture_features(x) for x in images]), inten], axis=1)
+
+
+def baseline_records(ctx: Context, images: Sequence[np.ndarray], *, k: int = 5, keep: bool = True) -> list[dict]:
+    """Logistic regression on each feature set, patient-grouped k-fold CV, pooled out-of-fold predictions.
+
+    Every test fold's patients are unseen by its model; the scaler and the imputer are fitted on
+    the training folds only. One metrics.json record per feature set (experiment
+    ``"grouped CV baseline"``, protocol ``"clean"``), CIs resampling patients.
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from osteo_tf import pipeline
+
+    m = ctx.manifest.reset_index(drop=True)
+    y = pipeline.encode_labels(m["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
+    n_groups_min = int(m.groupby("label")["group"].nunique().min())
+    k = max(2, min(int(k), n_groups_min))
+    folds = splits.grouped_kfold(m, k=k, seed=ctx.seed)
+    records = []
+    for kind in FEATURE_SETS:
+        X = feature_matrix(images, kind)
+        prob = np.zeros((len(m), len(ctx.class_names)))
+        for f in folds:
+            tr = (f["split"] == "train").to_numpy()
+            clf = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+            clf.fit(X[tr], y[tr])
+            p = np.zeros((int((~tr).sum()), len(ctx.class_names)))
+            p[:, clf.classes_] = clf.predict_proba(X[~tr])
+            prob[~tr] = p
+        rec = evaluation.result_record(
+            experiment="grouped CV baseline", model=f"logistic regression ({kind})", protocol="clean", y_true=y,
+            y_prob=prob, groups=m["group"].astype(str).to_numpy(), class_names=ctx.class_names, seed=ctx.seed,
+            extra={"k": k, "features": kind, "image_size": int(np.asarray(images[0]).shape[0])})
+        records.append(rec)
+        if keep:
+            ctx.results.append(rec)
+    return records
+
+
+def synthetic_info(ctx: Context, preset: str) -> pd.DataFrame:
+    """For synthetic data: the preset and its oracle accuracy; otherwise a one-line note."""
+    from osteo_tf import synthetic
+
+    if not ctx.data["source"].startswith("synthetic"):
+        return pd.DataFrame([{"item": "synthetic", "value": "no: user data, there is no oracle accuracy"}])
+    p = synthetic.PRESETS[preset]
+    n_classes = len(ctx.class_names)
+    rows = [("data source", ctx.data["source"]), ("preset", p.name), ("classes", n_classes),
+            ("binary class separation d'", p.d_prime), ("3-class coupling rho", p.rho)]
+    if "dxa" in ctx.data["source"]:
+        rows.append(("oracle accuracy", "not defined for dxa (labels come from a TBS-like score; see synthetic.py)"))
+    else:
+        rows.append(("oracle (Bayes) accuracy given the latent bone quality q",
+                     round(synthetic.oracle_accuracy(p, n_classes, seed=ctx.seed), 4)))
+        rows.append(("documented oracle", p.oracle_binary if n_classes == 2 else p.oracle_3class))
+    return pd.DataFrame(rows, columns=["item", "value"]).astype(str)
+
+
+def oracle(ctx: Context, preset: str) -> float | None:
+    """The preset's oracle accuracy for synthetic calcaneus/knee data, else None."""
+    from osteo_tf import synthetic
+
+    if not ctx.data["source"].startswith("synthetic") or "dxa" in ctx.data["source"]:
+        return None
+    return float(synthetic.oracle_accuracy(preset, len(ctx.class_names), seed=ctx.seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+
+
+def intensity_figure(images: Sequence[np.ndarray], labels: Sequence[str], class_names: Sequence[str]):
+    """Grey-value histograms per class (pooled pixels, density) and per-image mean intensity."""
+    import matplotlib.pyplot as plt
+
+    labels = np.asarray(labels)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    bins = np.linspace(0, 1, 51)
+    means = []
+    for c in class_names:
+        sel = [np.asarray(x).ravel() for x, lab in zip(images, labels) if lab == c]
+        if not sel:
+            continue
+        axes[0].hist(np.concatenate(sel), bins=bins, density=True, histtype="step", lw=1.5, label=c)
+        means.append([float(np.mean(x)) for x in sel])
+    axes[0].set_xlabel("grey value")
+    axes[0].set_ylabel("density")
+    axes[0].set_title("pixel histograms per class", fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[1].boxplot(means, tick_labels=[c for c in class_names if c in set(labels)])
+    axes[1].set_ylabel("mean grey value per image")
+    axes[1].set_title("per-image mean intensity", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def nearest_figure(nearest: np.ndarray, threshold: int):
+    """Histogram of each image's pHash distance to its nearest other image."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.8))
+    ax.hist(nearest, bins=np.arange(0, HASH_BITS + 2) - 0.5, color="#555")
+    ax.axvline(threshold + 0.5, color="r", ls="--", label=f"near-duplicate threshold ({threshold})")
+    ax.set_xlabel("pHash distance to the nearest other image (of 64 bits)")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# the one-minute verdict
+
+
+def verdict(ctx: Context, *, pairs: pd.DataFrame, baselines: Sequence[dict], oracle_acc: float | None) -> pd.DataFrame:
+    """A checklist of what the data can and cannot support, each item with its evidence."""
+    m = ctx.manifest
+    per_class = m.groupby("label")["group"].nunique()
+    per_patient = m.groupby("group").size()
+    rows = []
+
+    def add(check, ok, evidence):
+        rows.append({"check": check, "status": "ok" if ok else "attention", "evidence": evidence})
+
+    add("enough patients per class (>= 50)", per_class.min() >= 50,
+        ", ".join(f"{k}: {v}" for k, v in per_class.items()))
+    ratio = per_class.max() / max(per_class.min(), 1)
+    add("classes balanced (patients, max/min <= 1.5)", ratio <= 1.5, f"ratio {ratio:.2f}")
+    add("one image per patient (else split by patient)", per_patient.max() == 1,
+        f"{int((per_patient > 1).sum())} of {per_patient.size} patients have several images (max {int(per_patient.max())})")
+    add("no pixel-identical duplicates", len(ctx.duplicates) == 0, f"{len(ctx.duplicates)} duplicate group(s)")
+    cross = pairs[~pairs["same patient"]] if len(pairs) else pairs
+    add("no near-duplicates across patients", len(cross) == 0,
+        f"{len(cross)} pair(s) across patients ({int((~cross['same label']).sum()) if len(cross) else 0} with different labels)")
+    add("no unreadable files", ctx.data["n_unreadable"] == 0, f"{ctx.data['n_unreadable']} quarantined")
+    sizes = m[["height", "width"]].drop_duplicates().shape[0]
+    depths = sorted(m["bit_depth"].unique().tolist())
+    add("one image size and bit depth (else acquisition may differ by class)", sizes == 1 and len(depths) == 1,
+        f"{sizes} size(s), bit depths {depths}")
+    inten = next((r for r in baselines if r.get("features") == "intensity only"), None)
+    if inten is not None:
+        lo = (inten.get("ci95") or {}).get("accuracy", [None])[0]
+        add("global intensity does not separate the classes (no shortcut)", lo is None or lo <= 0.5 + 1e-9
+            or inten["accuracy"] < 0.6, f"intensity-only grouped-CV accuracy {inten['accuracy']:.3f} (CI low {lo})")
+    if oracle_acc is not None:
+        add("task is learnable (oracle accuracy well above chance)", oracle_acc >= 0.7,
+            f"oracle accuracy {oracle_acc:.3f}: no model can beat it on this data; a report above it is suspect")
+    add("label provenance stated", bool(ctx.data.get("label_provenance")), ctx.data.get("label_provenance", ""))
+    return pd.DataFrame(rows)

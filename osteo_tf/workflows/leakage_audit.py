@@ -1,0 +1,470 @@
+"""Notebook 06: a leakage audit. Four leaky protocols beside their clean twins, same data, same model.
+
+Rows (each one leaky protocol vs its clean twin, test accuracy with patient-level bootstrap 95% CIs):
+
+* ``R1 augment-then-split``: study 01's paper protocol (offline augmentation of ALL images, then an
+  image-by-image split) vs split-then-augment (patients split first, training side augmented,
+  test = untouched originals). Reuses :mod:`osteo_tf.workflows.study01`.
+* ``R2 image-level split``: images split one by one (a patient's images on both sides) vs a
+  patient-grouped split, no augmentation.
+* ``R3 test-set reuse``: several configurations x epochs; pick the candidate with the best TEST
+  accuracy and report that same accuracy, vs pick by VALIDATION accuracy and touch the test
+  split once.
+* ``R4 LIME masks``: study 05's LIME-masked dataset where the masks come from a model trained on
+  every image (test included) vs masks from models that never saw the image they mask
+  (out-of-fold models inside the training split; a training-split model for the test images).
+  A classifier is then retrained on the masked training images and tested on the masked test
+  images.
+
+Records use ``protocol="paper"`` for the leaky variant and ``"clean"`` for its twin, so
+:func:`osteo_tf.workflows.study01.leakage_gap` pairs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from osteo_tf import evaluation, splits
+from osteo_tf.experiments import Context, FitResult, fit_evaluate
+
+DEFAULTS = {
+    "smoke": {"model": "study01_cnn", "filters": [8, 16, 16, 16], "image_size": 32, "synth_size": 32,
+              "patients": 16, "preset": "easy", "set": "A", "epochs": 1, "batch_size": 16,
+              "optimizer": "adam", "learning_rate": 1e-3, "test": 0.25, "select_lrs": [1e-3],
+              "select_epochs": 2, "lime_patients": 8, "lime_samples": 10, "lime_features": 4,
+              "lime_folds": 0},
+    "quick": {"model": "study01_cnn", "filters": [16, 32, 64, 64], "image_size": 48, "synth_size": 48,
+              "patients": 64, "preset": "easy", "set": "B", "epochs": 10, "batch_size": 8,
+              "optimizer": "adam", "learning_rate": 1e-3, "test": 0.25, "select_lrs": [3e-3, 1e-3, 3e-4],
+              "select_epochs": 6, "lime_patients": 32, "lime_samples": 32, "lime_features": 5,
+              "lime_folds": 0},
+    "full": {"model": "study01_cnn", "filters": [32, 64, 128, 128], "image_size": 224, "synth_size": 256,
+             "patients": 174, "preset": "default", "set": "C", "epochs": 20, "batch_size": 5,
+             "optimizer": "sgd", "learning_rate": 1e-4, "test": 0.2, "select_lrs": [1e-3, 3e-4, 1e-4],
+             "select_epochs": 20, "lime_patients": 174, "lime_samples": 1000, "lime_features": 5,
+             "lime_folds": 3},
+}
+"""Per-profile settings. ``quick`` uses set B and mini-batches of 8: the BatchNorm small CNN needs
+about a thousand steps before its inference statistics settle (with fewer it predicts one class and
+memorises nothing, which hides the leak). ``full`` follows study 01 (set C, 80/20, SGD lr 1e-4, batch 5, 20 epochs,
+174 patients, the paper's small CNN) and study 05 (LIME with 1000 samples, 5 superpixels)."""
+
+ROWS = {
+    "R1 augment-then-split": ("study 01 paper protocol: offline augmentation of every image, then an "
+                              "image-by-image split", "split patients first, augment the training side only"),
+    "R2 image-level split": ("images split one by one: a patient's images on both sides",
+                             "patient-grouped split"),
+    "R3 test-set reuse": ("best of several configs x epochs chosen by TEST accuracy, that accuracy reported",
+                          "chosen by validation accuracy, test touched once"),
+    "R4 LIME masks": ("LIME masks from a model trained on every image, test images included",
+                      "masks from models that never saw the masked image"),
+}
+"""Row name -> (leaky protocol, clean twin)."""
+
+CHECKLIST = [
+    ("Unit of the split", "Is the split made by patient (or by source image), and is that stated? "
+     "Are there several images per patient, and are they all on one side?"),
+    ("Augmentation order", "Was augmentation (offline copies, rotations, contrast changes) done AFTER the "
+     "split, on the training side only? 'Dataset grew from 174 to 1566 images, then 80/20' is a red flag."),
+    ("Duplicates", "Were pixel-identical and near-duplicate images (merged public corpora, pre-augmented "
+     "copies) removed or grouped before splitting?"),
+    ("Preprocessing statistics", "Were normalisation statistics, denoising caches, feature selection and "
+     "tuned thresholds fitted on the training split only?"),
+    ("Test set touched once", "Were epochs, architectures and hyperparameters chosen on a validation split "
+     "or by inner cross-validation, never on the test accuracy that is reported?"),
+    ("Derived datasets", "Do masks, crops or features used to build a new dataset (LIME, Grad-CAM, "
+     "segmentations) come from models that never saw the images they are applied to?"),
+    ("Uncertainty", "Are 95% CIs given, resampled by patient, and is the test set large enough for them to "
+     "exclude chance?"),
+    ("External validation", "Is there an external test set (other site/scanner)? If not, is the result "
+     "labelled 'internal validation only'?"),
+    ("Too good to be true", "Does accuracy jump when the dataset is augmented (e.g. 50% on originals, 98% "
+     "on augmented sets)? Jumps like that are usually leakage, not learning."),
+]
+"""A checklist a reader can apply to a paper (the report ends with it)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def recipe(settings: dict):
+    """The one training recipe every row uses (study 01's small-CNN recipe with the profile's values)."""
+    from osteo_tf import training
+
+    return training.recipe("study01", "small_cnn", optimizer=settings["optimizer"],
+                           learning_rate=float(settings["learning_rate"]), batch_size=int(settings["batch_size"]),
+                           epochs=int(settings["epochs"]))
+
+
+def model_options(settings: dict) -> dict:
+    """Options of the audit model (``filters`` for study01_cnn)."""
+    if settings["model"] == "study01_cnn":
+        return {"filters": tuple(int(f) for f in settings["filters"])}
+    return {}
+
+
+def _fit(ctx: Context, split: pd.DataFrame, settings: dict, *, experiment: str, protocol: str,
+         keep: bool = True, record_as: str | None = None, rec=None) -> FitResult:
+    return fit_evaluate(ctx, split, model=settings["model"], experiment=experiment, rec=rec or recipe(settings),
+                        protocol=protocol, model_options=model_options(settings), keep=keep, record_as=record_as)
+
+
+def _scale(settings: dict):
+    from osteo_tf import models
+
+    return models.get_spec(settings["model"]).preprocess
+
+
+# ----------------------------------------------------------------------------------------------
+# R1: study 01's augment-then-split vs split-then-augment
+
+
+def augmentation_row(ctx: Context, settings: dict) -> dict[str, Any]:
+    """R1. Returns {"splits": {protocol: manifest}, "fits": {protocol: FitResult}}."""
+    from osteo_tf.workflows import study01
+
+    name = "R1 augment-then-split"
+    out = {"splits": {}, "fits": {}}
+    for protocol in ("paper", "clean"):
+        split = study01.protocol_split(ctx, settings["set"], protocol, test=float(settings["test"]))
+        out["splits"][protocol] = split
+        out["fits"][protocol] = _fit(ctx, split, settings, experiment=name, protocol=protocol)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# R2: image-level vs patient-grouped split
+
+
+def grouping_row(ctx: Context, settings: dict) -> dict[str, Any]:
+    """R2. Image-level split (``splits.paper_protocol_split`` of the originals) vs grouped split."""
+    name = "R2 image-level split"
+    test = float(settings["test"])
+    sp = {"paper": splits.paper_protocol_split(ctx.manifest, test=test, seed=ctx.seed),
+          "clean": splits.grouped_split(ctx.manifest, val=0.0, test=test, seed=ctx.seed)}
+    return {"splits": sp, "fits": {p: _fit(ctx, s, settings, experiment=name, protocol=p) for p, s in sp.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# R3: test-set reuse for model selection
+
+
+def selection_candidates(ctx: Context, split: pd.DataFrame, settings: dict) -> tuple[pd.DataFrame, dict]:
+    """Train one model per learning rate in ``select_lrs``; after every epoch predict val and test.
+
+    Returns:
+        ``(table, predictions)``: one row per candidate (config, epoch, val accuracy, test
+        accuracy); predictions maps candidate id -> (val probabilities, test probabilities).
+    """
+    from dataclasses import replace
+
+    from osteo_tf import pipeline, training
+    from osteo_tf.experiments import build_model
+
+    parts = {s: split[split["split"] == s] for s in ("train", "val", "test")}
+    size, scale = ctx.image_size, _scale(settings)
+    base = recipe(settings)
+    common = dict(class_names=ctx.class_names, image_size=size, scale=scale, label_mode="categorical",
+                  batch_size=base.batch_size)
+    train_ds = pipeline.make_dataset(parts["train"], training=True, seed=ctx.seed, **common)
+    val_ds = pipeline.make_dataset(parts["val"], **common)
+    test_ds = pipeline.make_dataset(parts["test"], **common)
+    y = {s: pipeline.encode_labels(parts[s]["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
+         for s in ("val", "test")}
+    rows, preds = [], {}
+    for lr in settings["select_lrs"]:
+        rec = replace(base, learning_rate=float(lr))
+        model = build_model(ctx, settings["model"], **model_options(settings))
+        training.compile_model(model, rec, run_eagerly=ctx.profile.run_eagerly)
+        for epoch in range(1, int(settings["select_epochs"]) + 1):
+            model.fit(train_ds, epochs=1, verbose=0, shuffle=False)
+            pv, pt = training.predict_proba(model, val_ds), training.predict_proba(model, test_ds)
+            cid = f"lr={float(lr):g}, epoch {epoch}"
+            preds[cid] = (pv, pt)
+            rows.append({"candidate": cid, "learning_rate": float(lr), "epoch": epoch,
+                         "val accuracy": float(np.mean(pv.argmax(1) == y["val"])),
+                         "test accuracy": float(np.mean(pt.argmax(1) == y["test"]))})
+    return pd.DataFrame(rows), preds
+
+
+def selection_row(ctx: Context, settings: dict) -> dict[str, Any]:
+    """R3. Best candidate by test accuracy (reported on that same test) vs best by validation.
+
+    Ties are broken by the earlier candidate, the same rule for both selections.
+    """
+    name = "R3 test-set reuse"
+    split = splits.grouped_split(ctx.manifest, val=float(settings["test"]), test=float(settings["test"]),
+                                 seed=ctx.seed)
+    t0 = time.perf_counter()
+    table, preds = selection_candidates(ctx, split, settings)
+    seconds = round(time.perf_counter() - t0, 2)
+    test = split[split["split"] == "test"]
+    from osteo_tf import pipeline
+
+    y_test = pipeline.encode_labels(test["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
+    groups = test["group"].astype(str).to_numpy()
+    picked = {"paper": table.loc[table["test accuracy"].idxmax(), "candidate"],
+              "clean": table.loc[table["val accuracy"].idxmax(), "candidate"]}
+    records = {}
+    for protocol, cid in picked.items():
+        rec = evaluation.result_record(
+            experiment=name, model=settings["model"], protocol=protocol, y_true=y_test, y_prob=preds[cid][1],
+            groups=groups, class_names=ctx.class_names, train_seconds=seconds, seed=ctx.seed,
+            extra={"selected": cid, "selected_by": "test accuracy" if protocol == "paper" else "validation accuracy",
+                   "n_candidates": int(len(table)), "image_size": ctx.image_size, "weights": None})
+        ctx.results.append(rec)
+        records[protocol] = rec
+    table["picked by test"] = table["candidate"] == picked["paper"]
+    table["picked by validation"] = table["candidate"] == picked["clean"]
+    return {"splits": {"paper": split, "clean": split}, "records": records, "candidates": table}
+
+
+# ----------------------------------------------------------------------------------------------
+# R4: LIME masks from a model that saw the test images vs models that did not
+
+
+def lime_subset(manifest: pd.DataFrame, n_patients: int, *, seed: int = 0) -> pd.DataFrame:
+    """Rows of ``n_patients`` patients (groups), as balanced over the labels as possible."""
+    groups = manifest.groupby("group", sort=True)["label"].first()
+    if n_patients >= len(groups):
+        return manifest.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    labels = sorted(groups.unique())
+    per = {lab: list(rng.permutation(groups[groups == lab].index.to_numpy())) for lab in labels}
+    chosen: list = []
+    while len(chosen) < n_patients and any(per.values()):
+        for lab in labels:
+            if per[lab] and len(chosen) < n_patients:
+                chosen.append(per[lab].pop())
+    return manifest[manifest["group"].isin(set(chosen))].reset_index(drop=True)
+
+
+class _ModelFor:
+    """``model_for`` of :func:`osteo_tf.explain.lime_masked_dataset`: path -> (model id, model)."""
+
+    def __init__(self, assignment: dict[str, str], models: dict[str, Any]):
+        self.assignment, self.models = assignment, models
+
+    def __call__(self, row: pd.Series) -> tuple[str, Any]:
+        mid = self.assignment[str(row["path"])]
+        return mid, self.models[mid]
+
+
+def _masked_split(masked: pd.DataFrame, folder: Path, split_of: dict[str, str]) -> pd.DataFrame:
+    out = masked.copy()
+    out["split"] = out["source_path"].map(split_of)
+    out["path"] = [str(folder / p) for p in out["path"]]
+    out["relpath"] = out["path"]
+    return out
+
+
+def lime_row(ctx: Context, settings: dict) -> dict[str, Any]:
+    """R4. Leaky masks (a model trained on every image, test included) vs clean masks.
+
+    Clean masks come from a model trained on the training split only, so no test image was ever
+    seen by its masker; ``trained_on`` makes :func:`osteo_tf.explain.lime_masked_dataset` raise
+    if a test image's mask came from a model that saw its patient. With ``lime_folds`` >= 2 the
+    clean training images are masked out-of-fold too (study 05's requirement: every mask from a
+    model that never saw the image; ``lime_folds`` extra trainings); with 0 the training images
+    are masked by the train-split model in both variants, so the row isolates exactly one thing:
+    whether the masker saw the TEST images. A classifier (same model and recipe as every row) is
+    then trained on the masked training images and tested on the masked test images; the maskers'
+    own accuracy on the test images is returned too.
+    """
+    from osteo_tf import explain
+
+    name = "R4 LIME masks"
+    subset = lime_subset(ctx.manifest, int(settings["lime_patients"]), seed=ctx.seed)
+    split = splits.grouped_split(subset, val=0.0, test=float(settings["test"]), seed=ctx.seed)
+    train, test = split[split["split"] == "train"], split[split["split"] == "test"]
+    split_of = dict(zip(split["path"].astype(str), split["split"]))
+    # leaky masker: trained on train + test, evaluated on the test images it has seen
+    everything = pd.concat([split.assign(split="train"), test], ignore_index=True)
+    leaky = _fit(ctx, everything, settings, experiment=f"{name} masker", protocol="paper", keep=False,
+                 record_as="masker-saw-test")
+    honest = _fit(ctx, split, settings, experiment=f"{name} masker", protocol="clean", keep=False,
+                  record_as="masker-train-only")
+    models = {"train-only": honest.model, "train-only (its own training images)": honest.model}
+    trained_on = {"train-only": set(train["group"].astype(str))}
+    assignment = {p: "train-only" for p in test["path"].astype(str)}
+    assignment.update({p: "train-only (its own training images)" for p in train["path"].astype(str)})
+    k = int(settings["lime_folds"])
+    if k >= 2:
+        for i, fold in enumerate(splits.grouped_kfold(train.drop(columns="split"), k=k, seed=ctx.seed)):
+            fit = _fit(ctx, fold, settings, experiment=f"{name} fold{i}", protocol="clean", keep=False)
+            mid = f"fold{i}"
+            models[mid] = fit.model
+            trained_on[mid] = set(fold.loc[fold["split"] == "train", "group"].astype(str))
+            for p in fold.loc[fold["split"] == "test", "path"].astype(str):
+                assignment[p] = mid
+    lime_kw = dict(image_size=ctx.image_size, scale=_scale(settings), num_samples=int(settings["lime_samples"]),
+                   batch_size=256, seed=ctx.seed, num_features=int(settings["lime_features"]))
+    root = ctx.out_dir / "data" / "lime"
+    src = split[["path", "label", "group"]]
+    t0 = time.perf_counter()
+    m_leaky, _ = explain.lime_masked_dataset(src, root / "leaky", model_for=_ModelFor(
+        {p: "all-images" for p in split["path"].astype(str)}, {"all-images": leaky.model}), **lime_kw)
+    m_clean, _ = explain.lime_masked_dataset(src, root / "clean", model_for=_ModelFor(assignment, models),
+                                             trained_on=trained_on, **lime_kw)
+    lime_seconds = round(time.perf_counter() - t0, 1)
+    masked = {"paper": _masked_split(m_leaky, root / "leaky", split_of),
+              "clean": _masked_split(m_clean, root / "clean", split_of)}
+    fits = {p: _fit(ctx, m, settings, experiment=name, protocol=p) for p, m in masked.items()}
+    maskers = pd.DataFrame([
+        {"masker": "saw every image (leaky)", "accuracy on the test images": leaky.record["accuracy"],
+         "CI": leaky.record["ci95"].get("accuracy"), "trained on": "train + test"},
+        {"masker": "training split only (clean)", "accuracy on the test images":
+         honest.record["accuracy"], "CI": honest.record["ci95"].get("accuracy"), "trained on": "train"},
+    ])
+    return {"splits": {"paper": split, "clean": split}, "masked": masked, "fits": fits, "maskers": maskers,
+            "lime_seconds": lime_seconds, "n_images": int(len(split)),
+            "clean_training_masks": "out-of-fold" if k >= 2 else "train-split model (saw them, as in the leaky variant)"}
+
+
+# ----------------------------------------------------------------------------------------------
+# the audit table and figures
+
+
+@contextlib.contextmanager
+def quiet():
+    """Keep the report's stderr clean: Keras' "ran out of data" notice (expected with cached
+    finite datasets), the bootstrap's note on undefined resamples (recorded in each record's
+    ``ci.skipped``), lime's tqdm import warning and TensorFlow's retracing notice."""
+    import logging
+
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        warnings.filterwarnings("ignore", message=".*Bootstrap resamples skipped.*")
+        warnings.filterwarnings("ignore", message=".*IProgress not found.*")
+        tf_log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            tf_log.setLevel(level)
+
+
+def run_audit(ctx: Context, settings: dict, rows: tuple[str, ...] = ("R1", "R2", "R3", "R4")) -> dict[str, dict]:
+    """Run the requested rows (``R1``..``R4``) and return their outputs by row id."""
+    funcs = {"R1": augmentation_row, "R2": grouping_row, "R3": selection_row, "R4": lime_row}
+    unknown = sorted(set(rows) - set(funcs))
+    if unknown:
+        raise ValueError(f"unknown audit rows {unknown}. Known: {sorted(funcs)}")
+    with quiet():
+        return {r: funcs[r](ctx, settings) for r in rows}
+
+
+def _fmt(v, ci) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
+
+
+def audit_table(records: list[dict], *, metric: str = "accuracy") -> pd.DataFrame:
+    """One line per audit row: leaky vs clean ``metric`` with CIs, inflation in points, CI overlap."""
+    from osteo_tf.workflows import study01
+
+    gap = study01.leakage_gap(records, metric=metric)
+    by = {(r["experiment"], r.get("protocol")): r for r in records}
+    rows = []
+    for _, g in gap.iterrows():
+        leaky, clean = by[(g["experiment"], "paper")], by[(g["experiment"], "clean")]
+        desc = ROWS.get(g["experiment"], ("", ""))
+        infl = g["inflation (points)"]
+        verdict = ("inflated, CIs apart" if infl is not None and infl > 0 and g["CIs overlap"] is False else
+                   "inflated, within noise (CIs overlap)" if infl is not None and infl > 0 else
+                   "no inflation measured")
+        rows.append({"row": g["experiment"], "leaky protocol": desc[0], "clean twin": desc[1],
+                     f"leaky {metric} [95% CI]": _fmt(leaky.get(metric), (leaky.get("ci95") or {}).get(metric)),
+                     f"clean {metric} [95% CI]": _fmt(clean.get(metric), (clean.get("ci95") or {}).get(metric)),
+                     "inflation (points)": infl, "CIs overlap": g["CIs overlap"],
+                     "test images leaky / clean": f"{leaky.get('n_test_images')} / {clean.get('n_test_images')}",
+                     "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def audit_figure(records: list[dict], *, metric: str = "accuracy"):
+    """Paired bars with 95% CI error bars: leaky protocol vs clean twin, one pair per row."""
+    import matplotlib.pyplot as plt
+
+    by = {(r["experiment"], r.get("protocol")): r for r in records}
+    names = [e for e in ROWS if (e, "paper") in by and (e, "clean") in by]
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names) + 2), 3.4))
+    xs = np.arange(len(names))
+    for off, proto, label, color in ((-0.2, "paper", "leaky protocol", "#d62728"),
+                                     (0.2, "clean", "clean twin", "#1f77b4")):
+        vals = [by[(n, proto)].get(metric) or 0.0 for n in names]
+        cis = [(by[(n, proto)].get("ci95") or {}).get(metric) or [v, v] for n, v in zip(names, vals)]
+        err = np.array([[max(v - (c[0] if c[0] is not None else v), 0), max((c[1] if c[1] is not None else v) - v, 0)]
+                        for v, c in zip(vals, cis)]).T
+        ax.bar(xs + off, vals, 0.4, yerr=err if len(names) else None, capsize=3, label=label, color=color, alpha=0.8)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(xs, [n.replace(" ", "\n", 1) for n in names], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"test {metric}")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Leaky protocol vs clean twin (bars: 95% patient-bootstrap CI)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def selection_figure(candidates: pd.DataFrame):
+    """Validation and test accuracy of every R3 candidate, with both picks marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for lr, part in candidates.groupby("learning_rate"):
+        line, = ax.plot(part["epoch"], part["test accuracy"], "-o", ms=3, label=f"test, lr={lr:g}")
+        ax.plot(part["epoch"], part["val accuracy"], "--", color=line.get_color(), label=f"val, lr={lr:g}")
+    for col, marker, label in (("picked by test", "*", "picked by test (leaky)"),
+                               ("picked by validation", "s", "picked by validation (clean)")):
+        sel = candidates[candidates[col]]
+        ax.scatter(sel["epoch"], sel["test accuracy"], marker=marker, s=120, zorder=5, facecolors="none",
+                   edgecolors="k", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def lime_figure(lime_out: dict, *, n: int = 4):
+    """A few test images: original, leaky-masked and clean-masked."""
+    import matplotlib.pyplot as plt
+
+    from osteo_tf.io import load_xray
+
+    leaky, clean = lime_out["masked"]["paper"], lime_out["masked"]["clean"]
+    test = leaky[leaky["split"] == "test"].head(n)
+    fig, axes = plt.subplots(3, max(len(test), 1), figsize=(2.1 * max(len(test), 1), 6.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for j, (_, row) in enumerate(test.iterrows()):
+        other = clean[clean["source_path"] == row["source_path"]].iloc[0]
+        for i, (path, title) in enumerate(((row["source_path"], f"{row['label']}\noriginal"),
+                                           (row["path"], "mask: saw it"), (other["path"], "mask: never saw it"))):
+            axes[i, j].imshow(load_xray(path), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def checklist_markdown() -> str:
+    """The closing checklist as Markdown."""
+    return "\n".join(f"{i}. **{k}.** {v}" for i, (k, v) in enumerate(CHECKLIST, 1))
+
+
+def study01_reference() -> list[dict]:
+    """Study 01's published small CNN on set C (E5, paper protocol) beside our R1 rows."""
+    return [{"experiment": "R1 augment-then-split", "model": "study01_cnn", "accuracy": 0.961,
+             "specificity": 0.955, "sensitivity": 0.968,
+             "source": "study 01 E5: small CNN on set C, augment-then-split (Acc 96.1 / Sp 95.5 / Sn 96.8)"}]

@@ -1,0 +1,416 @@
+"""Study 03: knee radiographs, ROI + smudging, the multi-branch DCNN (Table 1), same-domain
+self-supervised pretraining (phase 1) and fine-tuning (phase 2), ImageNet baselines.
+
+Datasets: A = 2 classes (normal, osteoporosis), B = 3 classes (normal, osteopenia,
+osteoporosis), each split 75% train / 25% test grouped by patient. Phase 1 pretrains ONE pretext
+model on a separate unlabeled in-domain set (synthetic knee images of another seed, labels
+discarded) with rotation prediction; its weights initialise the 2- and 3-class models.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from osteo_tf import experiments, io, models, pipeline, preprocessing, splits, training
+from osteo_tf.experiments import Context
+
+MODEL = "study03_multibranch"
+PRETRAINED = "study03_multibranch+pretrain"
+DATASETS = {"A": "A (2 classes)", "B": "B (3 classes)"}
+PAPER_PARAMS = 40.7e3
+UNLABELED_SEED_OFFSET = 1000
+"""The unlabeled pretraining set is generated with ``seed + 1000``: other patients than A and B."""
+
+DEFAULTS = {
+    "smoke": {"patients_a": 16, "patients_b": 18, "unlabeled_patients": 16, "synth_size": 128, "image_size": 32,
+              "epochs": 1, "pretrain_epochs": 1, "batch_size": 16, "smudge_size": 15, "block_pooling": True,
+              "baselines_a": ["alexnet"], "baselines_b": [], "baseline_size": 64, "roi_check_images": 40},
+    "quick": {"patients_a": 120, "patients_b": 120, "unlabeled_patients": 160, "synth_size": 128, "image_size": 64,
+              "epochs": 12, "pretrain_epochs": 4, "batch_size": 16, "smudge_size": 15, "block_pooling": True,
+              "baselines_a": ["alexnet"], "baselines_b": ["alexnet"], "baseline_size": 64,
+              "roi_check_images": 300},
+    "full": {"patients_a": 150, "patients_b": 152, "unlabeled_patients": 2000, "synth_size": 256, "image_size": 224,
+             "epochs": 50, "pretrain_epochs": 20, "batch_size": 16, "smudge_size": 15, "block_pooling": False,
+             "baselines_a": ["alexnet", "vgg16", "resnet50", "xception"],
+             "baselines_b": ["alexnet", "vgg16", "resnet50", "xception"], "baseline_size": 224,
+             "roi_check_images": 100000},
+}
+"""Per-profile settings. Paper: dataset A 186 + 186 images, dataset B three classes (patients here
+draw 1 + Poisson(1.5) images each, so ~150 patients give ~375 images), 75/25 split, fine-tuning
+lr 1e-4, 224 px input, Table 1 without pooling. The paper gives neither the epochs, the batch size,
+the smudging window nor the size of its unlabeled set: 50 epochs (early stopping 10), batch 16,
+15 px window (on the 256 px source) and 2000 unlabeled patients are ours. ``block_pooling`` is our
+CPU option (2x2 pools between blocks; same parameter count)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def preprocessing_steps(smudge_size: int) -> list[tuple[str, dict]]:
+    """Study 03 steps: mean filter, histogram equalization, ROI crop, then smudging (0 = none)."""
+    if smudge_size == 15:
+        return [tuple(s) for s in pipeline.STUDY_STEPS["study03_smudged"]]
+    steps = [tuple(s) for s in pipeline.STUDY_STEPS["study03"]]
+    if smudge_size:
+        steps.append(("smudge", {"size": int(smudge_size)}))
+    return steps
+
+
+def setup_datasets(*, profile: str, data_dir: str, seed: int, out_dir: str, preset: str, settings: dict,
+                   weights: str = "imagenet", allow_random_init: bool = True) -> tuple[dict[str, Context | None], str]:
+    """The contexts of datasets A and B, and a sentence saying where each comes from.
+
+    Synthetic (no ``data_dir``): A = knee generator with 2 classes, B = with 3 classes (same seed,
+    separate generations). With ``data_dir``: 3 classes -> B is the folder and A is the folder
+    without its middle class (osteopenia); 2 classes -> A is the folder and B is skipped.
+
+    Raises:
+        ValueError: a ``data_dir`` with neither 2 nor 3 classes.
+    """
+    common = dict(profile=profile, seed=seed, out_dir=out_dir, preset=preset, synth_size=settings["synth_size"],
+                  image_size=settings["image_size"], epochs=settings["epochs"], weights=weights,
+                  allow_random_init=allow_random_init)
+    study = "03-knee-same-domain-transfer"
+    if not data_dir:
+        a = experiments.setup(study, data_dir="", classes=2, patients=settings["patients_a"], **common)
+        b = experiments.setup(study, data_dir="", classes=3, patients=settings["patients_b"], **common)
+        note = ("Datasets A and B are two separate generations of the synthetic knee generator (2 and 3 classes, "
+                f"{settings['patients_a']} and {settings['patients_b']} patients).")
+        return {"A": a, "B": b}, note
+    full = experiments.setup(study, data_dir=data_dir, **common)
+    n = len(full.class_names)
+    if n == 3:
+        middle = full.class_names[1]
+        a = experiments.setup(study, data_dir=data_dir, label_map={middle: None}, **common)
+        note = (f"Your folder has 3 classes: it is dataset B, and dataset A is the same folder without the "
+                f"{middle!r} class ({a.class_names[0]} vs {a.class_names[1]}).")
+        return {"A": a, "B": full}, note
+    if n == 2:
+        note = ("Your folder has 2 classes: it is dataset A; dataset B (3 classes) is skipped "
+                "(give a folder with normal, osteopenia and osteoporosis to run it).")
+        return {"A": full, "B": None}, note
+    raise ValueError(f"study 03 needs a dataset with 2 or 3 classes. Received: {n} classes {full.class_names}")
+
+
+def paper_split(ctx: Context) -> pd.DataFrame:
+    """The paper's 75% train / 25% test split, grouped by patient (no validation split)."""
+    split = splits.grouped_split(ctx.manifest, val=0.0, test=0.25, seed=ctx.seed)
+    splits.assert_no_leakage(split)
+    return split
+
+
+def unlabeled_manifest(*, patients: int, seed: int, preset: str, synth_size: int | None,
+                       data_dir: str = "") -> tuple[pd.DataFrame, str]:
+    """The unlabeled in-domain pretraining set: synthetic knee images of seed ``seed + 1000``.
+
+    The generator's labels are DROPPED (the returned manifest has no ``label`` column); the pretext
+    task uses only the pixels. Returns the manifest and a provenance sentence.
+    """
+    from osteo_tf import datasets
+
+    folder = experiments.synthetic_dataset("knee", classes=2, patients=patients, preset=preset, size=synth_size,
+                                           seed=seed + UNLABELED_SEED_OFFSET)
+    m = datasets.find_dataset(folder).manifest[["path", "group"]].copy()
+    note = (f"{len(m)} synthetic knee images of {m['group'].nunique()} patients generated with seed "
+            f"{seed + UNLABELED_SEED_OFFSET} (other patients than datasets A and B); the generator's labels are "
+            "discarded, only the pixels are used")
+    if data_dir:
+        note += ". With your data_dir the pretraining set is still this synthetic set (no unlabeled folder is read)"
+    return m.reset_index(drop=True), note
+
+
+# ----------------------------------------------------------------------------------------------
+# ROI check against the generator's box
+
+
+def _generator_box(value: str) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = (int(v) for v in str(value).split(","))
+    return y0, x0, y1, x1
+
+
+def _area(box) -> int:
+    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+
+
+def _intersection(a, b) -> int:
+    return _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+
+
+def roi_check(manifest: pd.DataFrame, *, max_images: int = 300, erosion_radius: int = 2, seed: int = 0) -> pd.DataFrame:
+    """Our ROI box (mean filter, equalization, Otsu mask, erosion, largest component, regionprops)
+    against the generator's ``roi_bbox`` (the tibial subchondral ROI), one row per image.
+
+    Columns: ``containment`` (share of the generator box inside ours: 1 = the crop keeps all of
+    it), ``iou``, ``our_area`` and ``generator_area`` (shares of the image).
+    Returns an empty frame when the manifest has no ``roi_bbox`` (a user's dataset).
+    """
+    if "roi_bbox" not in manifest.columns or manifest["roi_bbox"].isna().all():
+        return pd.DataFrame(columns=["image_id", "label", "containment", "iou", "our_area", "generator_area"])
+    rows = manifest.dropna(subset=["roi_bbox"])
+    if len(rows) > max_images:
+        rows = rows.iloc[np.random.default_rng(seed).permutation(len(rows))[:max_images]]
+    out = []
+    for _, r in rows.iterrows():
+        img = preprocessing.equalize_hist(preprocessing.mean_filter(io.load_xray(r["path"]), size=3))
+        _, ours = preprocessing.roi_crop(img, erosion_radius=erosion_radius)
+        gen = _generator_box(r["roi_bbox"])
+        inter = _intersection(ours, gen)
+        total = img.shape[0] * img.shape[1]
+        out.append({"image_id": r.get("image_id", Path(r["path"]).stem), "label": r["label"],
+                    "containment": inter / max(_area(gen), 1),
+                    "iou": inter / max(_area(ours) + _area(gen) - inter, 1),
+                    "our_area": _area(ours) / total, "generator_area": _area(gen) / total})
+    return pd.DataFrame(out)
+
+
+def roi_summary(check: pd.DataFrame) -> pd.DataFrame:
+    """Mean, min and share-of-images summaries of :func:`roi_check`."""
+    if check.empty:
+        return pd.DataFrame([{"images": 0, "note": "no generator roi_bbox (not synthetic data): check skipped"}])
+    return pd.DataFrame([{
+        "images": len(check),
+        "containment mean": round(float(check["containment"].mean()), 3),
+        "containment min": round(float(check["containment"].min()), 3),
+        "images with the generator box fully inside ours": f"{100 * float((check['containment'] >= 0.999).mean()):.1f}%",
+        "IoU mean": round(float(check["iou"].mean()), 3),
+        "our box / image area": round(float(check["our_area"].mean()), 3),
+        "generator box / image area": round(float(check["generator_area"].mean()), 3),
+    }])
+
+
+def roi_check_figure(check: pd.DataFrame):
+    """Histograms of containment and IoU of our ROI box vs the generator's box."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    if check.empty:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no generator box", ha="center")
+        return fig
+    for ax, key, title in zip(axes, ("containment", "iou"),
+                              ("share of the generator ROI inside our box", "IoU of the two boxes")):
+        ax.hist(check[key], bins=np.linspace(0, 1, 21), color="tab:blue", edgecolor="white")
+        ax.set_xlim(0, 1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(key)
+        ax.set_ylabel("images")
+    fig.tight_layout()
+    return fig
+
+
+def preprocessing_figure(row: pd.Series, *, smudge_size: int = 15, erosion_radius: int = 2):
+    """Every preprocessing step of one image, ROI steps included, with both boxes drawn."""
+    import matplotlib.pyplot as plt
+    from skimage.filters import threshold_otsu
+
+    img = io.load_xray(row["path"])
+    filt = preprocessing.mean_filter(img, size=3)
+    eq = preprocessing.equalize_hist(filt)
+    thr = float(threshold_otsu(eq))
+    binary = eq > thr
+    eroded = preprocessing.bone_mask(eq, threshold=thr, erosion_radius=erosion_radius)
+    largest = preprocessing.largest_component(eroded)
+    crop, box = preprocessing.roi_crop(eq, erosion_radius=erosion_radius)
+    smudged = preprocessing.smudge(crop, size=smudge_size) if smudge_size else crop
+    panels = [(img, "grayscale input"), (filt, "mean filter 3x3"), (eq, "histogram equalization"),
+              (binary, f"threshold (Otsu {thr:.2f})"), (eroded, f"erosion (disk r={erosion_radius})"),
+              (largest, "largest component"), (eq, "regionprops bounding box"), (crop, "ROI crop"),
+              (smudged, f"smudging (mean {smudge_size}x{smudge_size})")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.0 * len(panels), 2.6))
+    for ax, (im, title) in zip(axes, panels):
+        ax.imshow(im, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+    ax = axes[6]
+    ax.add_patch(plt.Rectangle((box[1], box[0]), box[3] - box[1], box[2] - box[0], fill=False, color="yellow", lw=1.5))
+    if isinstance(row.get("roi_bbox"), str):
+        g = _generator_box(row["roi_bbox"])
+        ax.add_patch(plt.Rectangle((g[1], g[0]), g[3] - g[1], g[2] - g[0], fill=False, color="red", lw=1.2))
+        ax.set_title("box: ours (yellow),\ngenerator ROI (red)", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+
+
+def param_table(image_size: int, *, block_pooling: bool, classes: Sequence[int] = (2, 3)) -> pd.DataFrame:
+    """Real parameter counts of Table 1 (paper size 224 px and this run's input) beside "40.7k"."""
+    rows = []
+    configs = [(224, False, c) for c in classes] + [(image_size, block_pooling, c) for c in classes]
+    for size, pooling, c in dict.fromkeys(configs):
+        m = models.build(MODEL, input_shape=(size, size, 3), num_classes=c, block_pooling=pooling)
+        info = models.build_info(m)
+        rows.append({"input": f"{size}x{size}x3", "classes": c, "block_pooling": pooling,
+                     "layers (Keras)": len(m.layers), "trainable params": info["trainable_params"],
+                     "total params": info["total_params"], "paper": "40.7k",
+                     "ours / paper": round(info["trainable_params"] / PAPER_PARAMS, 1)})
+        del m
+    return pd.DataFrame(rows)
+
+
+def branch_param_table() -> pd.DataFrame:
+    """Where the parameters of Table 1 sit: weights of each block's convolutions (input channels
+    grow with each concatenation, so the 5x5 and 7x7 branches of blocks 2 and 3 dominate)."""
+    from osteo_tf.models.studies import STUDY03_BLOCKS, STUDY03_STEM
+
+    rows, cin = [], 3
+    for i, f in enumerate(STUDY03_STEM, start=1):
+        rows.append({"part": f"stem conv {i} (3x3x{f})", "input channels": cin,
+                     "conv weights + bias": 9 * cin * f + f})
+        cin = f
+    for b, (f, kernels) in enumerate(STUDY03_BLOCKS, start=1):
+        for k in kernels:
+            rows.append({"part": f"block {b} branch {k}x{k}x{f}", "input channels": cin,
+                         "conv weights + bias": k * k * cin * f + f})
+        cin = f * len(kernels)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# phase 1: self-supervised pretraining
+
+
+def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: dict, steps: Sequence, val_share: float = 0.1):
+    """Phase 1: train a 4-way rotation classifier (``training.SSL_OBJECTIVE``) on the unlabeled set.
+
+    The images go through the same preprocessing as the labelled sets; the pretext model is
+    ``study03_multibranch`` with ``num_classes=4``. A share of the unlabeled PATIENTS is held out
+    to measure pretext accuracy (chance = 0.25).
+
+    Returns:
+        ``(pretext_model, info)`` with info: images, rotated samples, pretext accuracy, seconds.
+    """
+    import tensorflow as tf
+
+    size = int(settings["image_size"])
+    groups = unlabeled["group"].astype(str).to_numpy()
+    uniq = np.unique(groups)
+    held = set(np.random.default_rng(ctx.seed).permutation(uniq)[:max(1, int(round(val_share * len(uniq))))])
+    is_val = np.array([g in held for g in groups])
+    x_all = experiments.load_images(unlabeled, size, steps=steps)
+    x_tr, y_tr = training.rotation_pretext(x_all[~is_val], seed=ctx.seed)
+    x_va, y_va = training.rotation_pretext(x_all[is_val], seed=ctx.seed + 1)
+    to_input = pipeline.to_model_input
+    bs = int(settings["batch_size"])
+    tr = tf.data.Dataset.from_tensor_slices((np.asarray(to_input(x_tr, channels=3)), y_tr)) \
+        .shuffle(len(x_tr), seed=ctx.seed).batch(bs).prefetch(2)
+    va = tf.data.Dataset.from_tensor_slices((np.asarray(to_input(x_va, channels=3)), y_va)).batch(bs)
+    model = models.build(MODEL, input_shape=(size, size, 3), num_classes=4, block_pooling=settings["block_pooling"])
+    rec = training.recipe("study03", "pretrain", epochs=int(settings["pretrain_epochs"]), batch_size=bs)
+    with _quiet():
+        # monitor the TRAINING loss: the held-out rotations only measure the pretext task, and
+        # checkpointing on them restored the first epoch's weights in short runs
+        model, res = training.train(model, tr, va, rec=rec, run_dir=ctx.runs_dir / "phase1-rotation-pretext",
+                                    monitor="loss",
+                                    run_eagerly=ctx.profile.run_eagerly, jit_compile=ctx.profile.xla,
+                                    config={"study": ctx.study, "objective": training.SSL_OBJECTIVE,
+                                            "seed": ctx.seed, "image_size": size})
+        p = training.predict_proba(model, va)
+    info = {"objective": training.SSL_OBJECTIVE, "unlabeled_images": int(len(unlabeled)),
+            "unlabeled_patients": int(len(uniq)), "pretext_train_samples": int(len(x_tr)),
+            "pretext_val_samples": int(len(x_va)),
+            "pretext_val_accuracy": round(float((p.argmax(1) == y_va.argmax(1)).mean()), 4),
+            "epochs_run": res.epochs_run, "train_seconds": round(res.train_seconds, 2)}
+    return model, info
+
+
+def pretrained_builder(pretext_model, *, image_size: int, num_classes: int, block_pooling: bool):
+    """A zero-argument builder for ``fit_evaluate``: the 2- or 3-class model initialised from the
+    pretext model (every layer but the classifier copied by ``training.transfer_weights``)."""
+
+    def study03_multibranch_pretrained():
+        m = models.build(MODEL, input_shape=(image_size, image_size, 3), num_classes=num_classes,
+                         block_pooling=block_pooling)
+        copied = training.transfer_weights(pretext_model, m)
+        study03_multibranch_pretrained.copied = copied
+        return m
+
+    return study03_multibranch_pretrained
+
+
+# ----------------------------------------------------------------------------------------------
+# phase 2 and baselines
+
+
+@contextmanager
+def _quiet():
+    """Silence Keras' "input ran out of data" warning (finite tf.data inputs end every epoch and
+    ``predict`` call that way; ``training.train`` filters it only inside ``fit``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        yield
+
+
+def run_dataset(ctx: Context, split: pd.DataFrame, *, key: str, settings: dict, steps: Sequence,
+                pretext_model=None) -> dict:
+    """Dataset ``key`` ("A"/"B"): the DCNN from scratch, the DCNN fine-tuned from the pretext model
+    (lr 1e-4), and the ImageNet baselines of the profile. Returns {record model name: FitResult}."""
+    exp = DATASETS[key]
+    bs = int(settings["batch_size"])
+    pooling = bool(settings["block_pooling"])
+    with _quiet():
+        return _run_dataset(ctx, split, key=key, settings=settings, steps=steps, pretext_model=pretext_model)
+
+
+def _run_dataset(ctx, split, *, key, settings, steps, pretext_model):
+    exp = DATASETS[key]
+    bs = int(settings["batch_size"])
+    pooling = bool(settings["block_pooling"])
+    fits = {}
+    scratch = training.recipe("study03", "finetune", epochs=ctx.epochs, batch_size=bs)
+    fits[MODEL] = experiments.fit_evaluate(ctx, split, model=MODEL, experiment=exp, rec=scratch, steps=steps,
+                                           model_options={"block_pooling": pooling}, record_as=MODEL)
+    if pretext_model is not None:
+        builder = pretrained_builder(pretext_model, image_size=ctx.image_size, num_classes=len(ctx.class_names),
+                                     block_pooling=pooling)
+        fit = experiments.fit_evaluate(ctx, split, model=builder, experiment=exp, rec=scratch, steps=steps,
+                                       record_as=PRETRAINED)
+        fit.record["weights"] = f"rotation-pretext ({len(getattr(builder, 'copied', []))} layers copied)"
+        fits[PRETRAINED] = fit
+    base = training.recipe("study03", "baseline", epochs=ctx.epochs, batch_size=bs)
+    for name in settings[f"baselines_{key.lower()}"]:
+        size = max(int(settings["baseline_size"]), models.get_spec(name).min_input_size)
+        fits[name] = experiments.fit_evaluate(ctx, split, model=name, experiment=exp, rec=base, steps=steps,
+                                              image_size=size, record_as=name)
+    return fits
+
+
+def scratch_vs_pretrained(records: Sequence[dict]) -> pd.DataFrame:
+    """Per dataset: accuracy (95% CI) from scratch vs with same-domain pretraining, and the gain."""
+    rows = []
+    by = {(r["experiment"], r["model"]): r for r in records}
+    for exp in DATASETS.values():
+        s, p = by.get((exp, MODEL)), by.get((exp, PRETRAINED))
+        if s is None:
+            continue
+
+        def fmt(r):
+            if r is None:
+                return "–"
+            ci = (r.get("ci95") or {}).get("accuracy") or [None, None]
+            return f"{r['accuracy']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else "")
+
+        rows.append({"dataset": exp, "from scratch": fmt(s), "with pretraining": fmt(p),
+                     "gain (points)": None if p is None else round(100 * (p["accuracy"] - s["accuracy"]), 1),
+                     "paper gain (points)": {"A (2 classes)": 4.4, "B (3 classes)": 5.1}[exp]})
+    return pd.DataFrame(rows)
+
+
+def merge(contexts: dict[str, Context | None], *, extra: dict | None = None) -> Context:
+    """One context holding the results of both datasets (for paper_comparison and metrics.json);
+    ``data`` is dataset A's, both datasets are described under ``extra["datasets"]``."""
+    present = {k: c for k, c in contexts.items() if c is not None}
+    main = present["A"]
+    results = [r for c in present.values() for r in c.results]
+    datasets_info = {DATASETS[k]: {**c.data, "class_names": list(c.class_names)} for k, c in present.items()}
+    return replace(main, results=results, extra={**main.extra, "datasets": datasets_info, **(extra or {})})

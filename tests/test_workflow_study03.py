@@ -1,0 +1,113 @@
+"""Study 03 workflow helpers: settings, steps, ROI check, parameter count, pretext transfer."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from osteo_tf import experiments, pipeline
+from osteo_tf.workflows import study03
+
+
+def test_defaults_have_the_same_keys_and_full_is_the_paper():
+    keys = set(study03.DEFAULTS["full"])
+    assert all(set(v) == keys for v in study03.DEFAULTS.values())
+    full = study03.DEFAULTS["full"]
+    assert full["image_size"] == 224 and full["block_pooling"] is False
+    assert set(full["baselines_a"]) == set(full["baselines_b"]) == {"alexnet", "vgg16", "resnet50", "xception"}
+
+
+def test_preprocessing_steps_follow_the_shared_pipeline():
+    assert study03.preprocessing_steps(15) == [tuple(s) for s in pipeline.STUDY_STEPS["study03_smudged"]]
+    assert study03.preprocessing_steps(0) == [tuple(s) for s in pipeline.STUDY_STEPS["study03"]]
+    assert study03.preprocessing_steps(31)[-1] == ("smudge", {"size": 31})
+
+
+def _write(path, array):
+    Image.fromarray((array * 255).astype(np.uint8)).save(path)
+
+
+def test_roi_check_measures_containment_of_the_generator_box(tmp_path):
+    img = np.full((64, 64), 0.05, np.float32)
+    img[10:50, 20:40] = 0.9  # the "bone"
+    img[12:48, 22:38] += np.random.default_rng(0).uniform(-0.05, 0.05, (36, 16)).astype(np.float32)
+    p = tmp_path / "a.png"
+    _write(p, np.clip(img, 0, 1))
+    m = pd.DataFrame({"path": [str(p), str(p)], "label": ["normal", "normal"], "image_id": ["a", "b"],
+                      # x0,y0,x1,y1: inside the bone, then half outside it
+                      "roi_bbox": ["25,20,35,30", "30,20,50,30"]})
+    check = study03.roi_check(m)
+    assert check["containment"].iloc[0] == pytest.approx(1.0)
+    assert check["containment"].iloc[1] == pytest.approx(0.5, abs=0.06)
+    assert 0 < check["iou"].iloc[0] < 1
+    summary = study03.roi_summary(check)
+    assert summary["images"].iloc[0] == 2
+
+
+def test_roi_check_skips_data_without_generator_boxes():
+    check = study03.roi_check(pd.DataFrame({"path": [], "label": []}))
+    assert check.empty
+    assert "skipped" in study03.roi_summary(check)["note"].iloc[0]
+
+
+def test_branch_table_explains_the_parameter_count():
+    branches = study03.branch_param_table()
+    params = study03.param_table(16, block_pooling=True, classes=(2,))
+    real = int(params["trainable params"].iloc[0])
+    # conv weights + BN gammas/betas + the dense head
+    bn = 2 * (16 + 8 * 4 + 32 * 5 + 64 * 4)
+    head = 256 * 2 + 2
+    assert branches["conv weights + bias"].sum() + bn + head == real
+    assert real > 20 * study03.PAPER_PARAMS
+    assert set(params["block_pooling"]) == {False, True}
+    assert params.groupby("classes")["trainable params"].nunique().eq(1).all(), "pooling adds no parameters"
+
+
+def test_pretrained_builder_copies_every_layer_but_the_classifier():
+    from osteo_tf import models
+
+    pretext = models.build(study03.MODEL, input_shape=(16, 16, 3), num_classes=4, block_pooling=True)
+    builder = study03.pretrained_builder(pretext, image_size=16, num_classes=3, block_pooling=True)
+    model = builder()
+    assert "predictions" not in builder.copied and len(builder.copied) == 30
+    w_src = pretext.get_layer("block3_branch4_conv").get_weights()[0]
+    np.testing.assert_array_equal(model.get_layer("block3_branch4_conv").get_weights()[0], w_src)
+    assert model.output_shape[-1] == 3
+
+
+def test_scratch_vs_pretrained_table():
+    recs = [{"experiment": "A (2 classes)", "model": study03.MODEL, "accuracy": 0.7, "ci95": {"accuracy": [0.6, 0.8]}},
+            {"experiment": "A (2 classes)", "model": study03.PRETRAINED, "accuracy": 0.75,
+             "ci95": {"accuracy": [0.65, 0.85]}}]
+    t = study03.scratch_vs_pretrained(recs)
+    assert len(t) == 1 and t["gain (points)"].iloc[0] == 5.0
+    assert "0.700 [0.60, 0.80]" == t["from scratch"].iloc[0]
+
+
+def _folder(root, classes, n=4):
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            rng = np.random.default_rng(hash((c, i)) % 2**32)
+            _write(root / c / f"{c}{i}.png", rng.uniform(0, 1, (32, 32)).astype(np.float32))
+
+
+def test_user_data_with_three_classes_gives_a_and_b(tmp_path):
+    _folder(tmp_path / "d", ["normal", "osteopenia", "osteoporosis"])
+    ctxs, note = study03.setup_datasets(profile="smoke", data_dir=str(tmp_path / "d"), seed=0,
+                                        out_dir=str(tmp_path / "out"), preset="default",
+                                        settings=study03.DEFAULTS["smoke"])
+    assert ctxs["B"].class_names == ["normal", "osteopenia", "osteoporosis"]
+    assert ctxs["A"].class_names == ["normal", "osteoporosis"]
+    assert "dataset B" in note
+
+
+def test_user_data_with_two_classes_skips_b_and_merge_keeps_a(tmp_path):
+    _folder(tmp_path / "d", ["normal", "osteoporosis"])
+    ctxs, note = study03.setup_datasets(profile="smoke", data_dir=str(tmp_path / "d"), seed=0,
+                                        out_dir=str(tmp_path / "out"), preset="default",
+                                        settings=study03.DEFAULTS["smoke"])
+    assert ctxs["B"] is None and "skipped" in note
+    ctxs["A"].results.append({"experiment": "A (2 classes)", "model": study03.MODEL, "accuracy": 0.5})
+    run = study03.merge(ctxs, extra={"x": 1})
+    assert len(run.results) == 1 and run.extra["x"] == 1 and list(run.extra["datasets"]) == ["A (2 classes)"]

@@ -17,10 +17,14 @@ from scipy import ndimage
 from scipy.special import erfinv
 
 # --- design constants (see the module docstring of osteo_tf.synthetic) ---------------------------
-FBM_OUTER_SCALE_PX = 96.0  # outer scale of the power-law spectrum (px at the texture resolution)
+FBM_OUTER_SCALE_PX = 256.0  # outer scale of the power-law spectrum (px at the texture resolution)
 FBM_SHARED_WAVELENGTH_PX = 24.0  # wavelengths longer than this come from the patient's own noise
 NETWORK_SLICES = 8  # L, number of projected double-cut slices
 NETWORK_REL_BANDWIDTH = 0.18  # Gaussian ring width relative to its centre frequency
+KNEE_OUTER_SCALE_PX = 32.0  # finer-grained fBm in the knee so the tibial ROI holds many blobs
+KNEE_ROW_WEIGHT = 4.0  # vertical weight of the inside distance that sets the projected depth
+KNEE_TRABECULAR_FRACTION = 0.6  # trabecular excess attenuation relative to cortical bone
+KNEE_TEXTURE_CONTRAST = 0.8  # relative modulation of the trabecular attenuation by tex
 TEXTURE_PX_MM = 0.1  # texture pixel size (calcaneus px; knee texture is rendered at this scale x n/256)
 
 
@@ -78,8 +82,8 @@ def _aniso_radius(h: int, w: int, a: float, theta: float, frame: np.ndarray | No
 
 
 def complex_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    z = rng.standard_normal((2, *shape), dtype=np.float32)
-    return (z[0] + 1j * z[1]).astype(np.complex64)
+    z = rng.standard_normal((*shape, 2), dtype=np.float32)
+    return z.view(np.complex64)[..., 0]
 
 
 def fbm(
@@ -90,7 +94,7 @@ def fbm(
     hurst: float,
     a: float = 1.0,
     theta: float = 0.0,
-    outer_scale: float = FBM_OUTER_SCALE_PX,
+    outer_scale: float | None = None,
     shared_noise: np.ndarray | None = None,
     shared_wavelength: float = FBM_SHARED_WAVELENGTH_PX,
 ) -> np.ndarray:
@@ -101,7 +105,7 @@ def fbm(
     patient's low-frequency seed) when given.
     """
     r = _aniso_radius(h, w, a, theta)
-    k0 = 1.0 / outer_scale
+    k0 = 1.0 / (FBM_OUTER_SCALE_PX if outer_scale is None else outer_scale)
     amp = np.power(r * r + k0 * k0, -(hurst + 1.0) / 2.0, dtype=np.float32)
     amp[0, 0] = 0.0
     noise = complex_noise(rng, amp.shape)
@@ -129,7 +133,10 @@ def network(
     r = _aniso_radius(h, w, a, theta, frame)
     k0 = 1.0 / spacing_px
     ring = np.exp(-0.5 * ((r - k0) / (NETWORK_REL_BANDWIDTH * k0)) ** 2).astype(np.float32)
-    g = np.fft.irfft2(complex_noise(rng, (slices, *ring.shape)) * ring, s=(h, w), axes=(-2, -1))
+    support = np.nonzero(ring > 1e-4)  # the ring covers a few % of the plane: draw noise there only
+    spec = np.zeros((slices, *ring.shape), np.complex64)
+    spec[:, support[0], support[1]] = complex_noise(rng, (slices, support[0].size)) * ring[support]
+    g = np.fft.irfft2(spec, s=(h, w), axes=(-2, -1))
     g /= g.std(axis=(-2, -1), keepdims=True) + 1e-12
     cut = math.sqrt(2.0) * float(erfinv(bvtv))
     return (np.abs(g) < cut).mean(axis=0, dtype=np.float32)
@@ -149,6 +156,7 @@ def texture(
     pose: Pose,
     shared_noise: np.ndarray | None,
     px_scale: float = 1.0,
+    outer_scale: float | None = None,
 ) -> np.ndarray:
     """tex = w_s * P + (1 - w_s) * F_H on the output grid (standardised, float32).
 
@@ -157,9 +165,9 @@ def texture(
     grid with its orientation and spacing mapped through the pose. ``px_scale`` = texture pixels
     per output pixel.
     """
-    m = 2 * max(n_h, n_w)
+    m = 2 * int(math.ceil(max(n_h, n_w) * px_scale))
     theta, a = params["theta"], params["anisotropy"]
-    field = fbm(rng, m, m, hurst=params["H"], a=a, theta=theta, shared_noise=shared_noise)
+    field = fbm(rng, m, m, hurst=params["H"], a=a, theta=theta, shared_noise=shared_noise, outer_scale=outer_scale)
     gx, gy = centred_grid(n_h, n_w)
     px, py = pose.to_patient(gx * px_scale, gy * px_scale)
     coords = np.stack([py + (m - 1) / 2.0, px + (m - 1) / 2.0])
@@ -200,22 +208,27 @@ class Nuisance:
         )
 
 
-def expose(rng: np.random.Generator, attenuation: np.ndarray, nz: Nuisance) -> np.ndarray:
-    """Beer-Lambert + heel ramp + Poisson counts -> log image -> Gaussian MTF (float32)."""
+def expose(rng: np.random.Generator, attenuation: np.ndarray, nz: Nuisance, *, reference: float = 0.0) -> np.ndarray:
+    """Beer-Lambert + heel ramp + Poisson counts -> log image -> Gaussian MTF (float32).
+
+    ``nz.i0`` is the expected count where the attenuation equals ``reference`` (e.g. behind the
+    soft tissue of the knee), so thick body parts are not photon-starved by construction.
+    """
     h, w = attenuation.shape
     gx, gy = centred_grid(h, w)
     ramp = (math.cos(nz.heel_angle) * gx + math.sin(nz.heel_angle) * gy) / (0.5 * max(h, w))
     flux = nz.i0 * (1.0 + nz.heel * ramp)
-    counts = rng.poisson(flux * np.exp(-attenuation)).astype(np.float32)
-    log_img = -np.log(np.maximum(counts, 0.5) / np.float32(nz.i0))
+    counts = rng.poisson(flux * np.exp(reference - attenuation)).astype(np.float32)
+    log_img = reference - np.log(np.maximum(counts, 0.5) / np.float32(nz.i0))
     return ndimage.gaussian_filter(log_img, nz.mtf_sigma, mode="nearest")
 
 
 def display(log_img: np.ndarray, nz: Nuisance, *, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
-    """Percentile window, gamma, gain and offset, clipped to [0, 1] (attenuation shown bright)."""
+    """Percentile window, gamma, gain and offset into [0, 1] (attenuation shown bright)."""
     lo, hi = np.percentile(log_img, [low_pct, high_pct])
     v = np.clip((log_img - lo) / max(hi - lo, 1e-6), 0.0, 1.0) ** nz.gamma
-    v = nz.gain * (v - 0.5) + 0.5 + nz.offset
+    # gain in [0.8, 1.25] scales a half-range of at most 0.4 around 0.5 + offset: no extra clipping
+    v = 0.5 + nz.offset + (0.4 / 1.25) * nz.gain * (2.0 * v - 1.0)
     return np.clip(v, 0.0, 1.0).astype(np.float32)
 
 
@@ -244,13 +257,31 @@ def _chord(inside_dist: np.ndarray, radius: np.ndarray | float) -> np.ndarray:
     return 2.0 * np.sqrt(np.maximum(d * (2.0 * radius - d), 0.0))
 
 
+def _inside_distance(mask: np.ndarray, row_weight: float = KNEE_ROW_WEIGHT) -> np.ndarray:
+    """Distance (px) to the outside with rows weighted ``row_weight`` x, on the mask's bbox only.
+
+    Long bones are roughly cylinders along the image's vertical axis, so the projected depth is set
+    by the lateral distance; the heavier row weight closes the bone ends (condyles, plateau)
+    within a few mm instead of letting the depth grow with the distance from the joint.
+    """
+    out = np.zeros(mask.shape, np.float32)
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return out
+    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, mask.shape[0])
+    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, mask.shape[1])
+    sub = np.pad(mask[r0:r1, c0:c1], 1)  # the image border counts as outside
+    out[r0:r1, c0:c1] = ndimage.distance_transform_edt(sub, sampling=(row_weight, 1.0))[1:-1, 1:-1]
+    return out
+
+
 def _flare(y: np.ndarray, y0: float, w_end: float, w_shaft: float, length: float) -> np.ndarray:
     return w_shaft + (w_end - w_shaft) / (1.0 + ((y - y0) / length) ** 2)
 
 
 def knee_shape_traits(rng: np.random.Generator) -> dict:
     """Patient-level knee anatomy (mm), the shape fingerprint."""
-    return {
+    traits = {
         "leg_width": rng.uniform(90.0, 140.0),
         "leg_power": rng.uniform(2.5, 4.0),
         "joint_y": rng.normal(0.0, 4.0),
@@ -267,6 +298,7 @@ def knee_shape_traits(rng: np.random.Generator) -> dict:
         "x_shift": rng.normal(0.0, 3.0),
         "soft_mu": rng.uniform(0.017, 0.021),
     }
+    return {k: float(v) for k, v in traits.items()}
 
 
 def render_knee(
@@ -315,22 +347,23 @@ def render_knee(
     fy = t_top + t["fib_dy"]
     fibula = (((x - fx) / 9.0) ** 2 + ((y - fy) / 11.0) ** 2 < 1.0) | ((np.abs(x - fx - 2.0) < 5.5) & (y > fy))
 
-    tex = texture(rng, size, size, params=params, pose=pose, shared_noise=shared_noise, px_scale=size / 256.0)
+    tex = texture(rng, size, size, params=params, pose=pose, shared_noise=shared_noise, px_scale=1.0,
+                  outer_scale=KNEE_OUTER_SCALE_PX)
     atten = mu_soft * soft
+    trab = np.maximum(1.0 + KNEE_TEXTURE_CONTRAST * tex, 0.0)  # trabecular density (mean ~fixed)
     for mask, radius in ((femur, f_half), (tibia, t_half), (fibula, 7.0)):
-        d = ndimage.distance_transform_edt(mask) * (px_mm * pose.scale)
+        d = _inside_distance(mask) * (px_mm * pose.scale)
         outer = _chord(d, radius)
         inner = _chord(np.maximum(d - cortex_mm, 0.0), np.maximum(radius - cortex_mm, 1.0))
         inner = np.where(d > cortex_mm, inner, 0.0)
-        trab = 1.0 + 0.35 * tex  # trabecular density modulated by the texture (mean fixed)
-        atten = atten + (mu_bone - mu_soft) * (outer - inner) + 0.35 * (mu_bone - mu_soft) * inner * trab
-    log_img = expose(rng, atten.astype(np.float32), nz)
+        atten = atten + (mu_bone - mu_soft) * (outer - inner) + KNEE_TRABECULAR_FRACTION * (mu_bone - mu_soft) * inner * trab
+    log_img = expose(rng, atten.astype(np.float32), nz, reference=float(atten.max()) - 1.0)
     image = display(log_img, nz)
 
     # tibial subchondral ROI (patient frame, mm) -> output pixels, enclosing box
-    half_w = 0.55 * t["tib_plateau"]
-    y0 = t_top + cortex_mm + 3.0
-    y1 = y0 + 0.55 * t["tib_plateau"]
+    half_w = 0.6 * t["tib_plateau"]
+    y0 = t_top + cortex_mm + 8.0  # clear of the plateau's subchondral plate under +-8 deg rotation
+    y1 = y0 + 0.9 * t["tib_plateau"]
     cx = np.array([-half_w, half_w, half_w, -half_w]) + t["x_shift"]
     cy = np.array([y0, y0, y1, y1])
     ox, oy = pose.to_output(cx / px_mm, cy / px_mm)

@@ -29,13 +29,13 @@ UNLABELED_SEED_OFFSET = 1000
 """The unlabeled pretraining set is generated with ``seed + 1000``: other patients than A and B."""
 
 DEFAULTS = {
-    "smoke": {"patients_a": 16, "patients_b": 18, "unlabeled_patients": 16, "synth_size": 128, "image_size": 32,
-              "epochs": 1, "pretrain_epochs": 1, "batch_size": 16, "smudge_size": 15, "block_pooling": True,
-              "baselines_a": ["alexnet"], "baselines_b": [], "baseline_size": 64, "roi_check_images": 40},
-    "quick": {"patients_a": 120, "patients_b": 120, "unlabeled_patients": 160, "synth_size": 128, "image_size": 64,
-              "epochs": 12, "pretrain_epochs": 4, "batch_size": 16, "smudge_size": 15, "block_pooling": True,
-              "baselines_a": ["alexnet"], "baselines_b": ["alexnet"], "baseline_size": 64,
-              "roi_check_images": 300},
+    "smoke": {"patients_a": 12, "patients_b": 12, "unlabeled_patients": 12, "synth_size": 128, "image_size": 32,
+              "epochs": 1, "pretrain_epochs": 1, "batch_size": 16, "smudge_size": 7, "block_pooling": True,
+              "baselines_a": [], "baselines_b": [], "baseline_size": 64, "roi_check_images": 20},
+    "quick": {"patients_a": 80, "patients_b": 60, "unlabeled_patients": 80, "synth_size": 128, "image_size": 64,
+              "epochs": 8, "pretrain_epochs": 3, "batch_size": 16, "smudge_size": 7, "block_pooling": True,
+              "baselines_a": ["alexnet"], "baselines_b": [], "baseline_size": 64,
+              "roi_check_images": 150},
     "full": {"patients_a": 150, "patients_b": 152, "unlabeled_patients": 2000, "synth_size": 256, "image_size": 224,
              "epochs": 50, "pretrain_epochs": 20, "batch_size": 16, "smudge_size": 15, "block_pooling": False,
              "baselines_a": ["alexnet", "vgg16", "resnet50", "xception"],
@@ -46,7 +46,8 @@ DEFAULTS = {
 draw 1 + Poisson(1.5) images each, so ~150 patients give ~375 images), 75/25 split, fine-tuning
 lr 1e-4, 224 px input, Table 1 without pooling. The paper gives neither the epochs, the batch size,
 the smudging window nor the size of its unlabeled set: 50 epochs (early stopping 10), batch 16,
-15 px window (on the 256 px source) and 2000 unlabeled patients are ours. ``block_pooling`` is our
+15 px window (on the 256 px source; 7 px on the CPU profiles' 128 px source, the same physical
+size) and 2000 unlabeled patients are ours. ``block_pooling`` is our
 CPU option (2x2 pools between blocks; same parameter count)."""
 
 

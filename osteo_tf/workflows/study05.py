@@ -1,0 +1,409 @@
+"""Study 05: knee radiographs, EfficientNetB0 / MobileNetV3, LIME and Grad-CAM, LIME-masked retraining.
+
+The paper (seeds/004) trains EfficientNetB0 and MobileNetV3 (ImageNet weights, GAP -> Dense 1024
+ReLU -> softmax, Adam, categorical cross-entropy, 30 epochs) on a 7:2:1 split, explains them with
+LIME and Grad-CAM, then multiplies every image by its LIME mask ("feature dataset", one per model)
+and retrains both models on it.
+
+What this module adds to the paper's protocol:
+
+* the split is grouped by patient (no patient on two sides);
+* every LIME mask comes from a model that NEVER saw the image (:func:`lime_masked_split`): the
+  training+validation pool is cut into k patient-grouped folds, fold k is masked by a model
+  trained on the other folds (``explain.kfold_model_for``), and the test images are masked by
+  the model trained on the training split only (it never saw a test patient). The masks explain
+  the PREDICTED class (explaining the true label would write the test label into the test
+  input). A leakage guard (``trained_on``) raises if any mask model was trained on the group of
+  the image it masks;
+* sanity checks of the explanations: the pointing game on the synthetic knee's tibial ROI
+  (``roi_bbox`` of metadata.csv, mapped to the model input size) and the model-parameter
+  randomization test (Adebayo et al. 2018).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from osteo_tf import augment, experiments, explain, io, models, splits, training
+from osteo_tf.experiments import Context, FitResult
+
+_SEG = {"compactness": 0.1, "sigma": 1.0, "start_label": 0}
+
+DEFAULTS = {
+    "smoke": {"models": ["mobilenetv3small"], "mask_models": ["mobilenetv3small"], "image_size": 48,
+              "epochs": 1, "mask_epochs": 1, "patients": 16, "images_per_patient": 1, "batch_size": 16,
+              "kfold": 2, "lime_samples": 100, "lime_segments": 25, "lime_features": 5,
+              "explain_per_class": 1, "sanity_images": 2},
+    "quick": {"models": ["mobilenetv3small", "efficientnetb0"], "mask_models": ["mobilenetv3small"],
+              "image_size": 96, "epochs": 6, "mask_epochs": 4, "patients": 80, "images_per_patient": 1,
+              "batch_size": 16, "kfold": 2, "lime_samples": 150, "lime_segments": 30, "lime_features": 5,
+              "explain_per_class": 2, "sanity_images": 6},
+    "full": {"models": ["mobilenetv3large", "efficientnetb0"], "mask_models": ["mobilenetv3large", "efficientnetb0"],
+             "image_size": 224, "epochs": 30, "mask_epochs": 30, "patients": 774, "images_per_patient": 1,
+             "batch_size": 32, "kfold": 5, "lime_samples": 1000, "lime_segments": 50, "lime_features": 5,
+             "explain_per_class": 3, "sanity_images": 74},
+}
+"""Per-profile settings. The paper: 774 images (one per patient assumed), 7:2:1, 224 px, 30 epochs,
+batch size not stated (32 assumed), LIME with lime's defaults (1000 samples). ``mask_models``: the
+models that get their own LIME-masked dataset and are retrained on it (the paper: both);
+``mask_epochs``: epochs of the k-fold mask models; ``sanity_images``: test images for the
+pointing game and the randomization check."""
+
+SPLIT = {"val": 0.2, "test": 0.1}
+"""The paper's 7:2:1 split (fractions of patients per class)."""
+
+
+def record_name(model: str) -> str:
+    """The model name in metrics.json: MobileNetV3 Small/Large both stand for the paper's "MobileNetV3"."""
+    return "mobilenetv3" if model.startswith("mobilenetv3") else model
+
+
+def segmentation(settings: dict) -> tuple[str, dict]:
+    """The LIME superpixel segmentation of this run (SLIC on the grey image)."""
+    return ("slic", {"n_segments": int(settings["lime_segments"]), **_SEG})
+
+
+def setup(*, profile: str, data_dir: str, seed: int, out_dir: str, settings: dict, preset: str = "default",
+          weights: str = "imagenet", allow_random_init: bool = True) -> Context:
+    """``experiments.setup`` with the synthetic knee at its default size (256 px, resized by the pipeline).
+
+    Also silences TensorFlow's Python-side retracing notices (each k-fold mask model traces its
+    own forward function once; that is expected and would only clutter the report)."""
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    return experiments.setup(
+        "05-knee-explanations", profile=profile, data_dir=data_dir, seed=seed, out_dir=out_dir, synthetic_mode="knee",
+        classes=2, preset=preset, patients=settings["patients"], images_per_patient=settings["images_per_patient"],
+        image_size=settings["image_size"], epochs=settings["epochs"], weights=weights,
+        allow_random_init=allow_random_init)
+
+
+def split_721(ctx: Context) -> pd.DataFrame:
+    """Patient-grouped, class-stratified 7:2:1 train / val / test split."""
+    return splits.grouped_split(ctx.manifest, val=SPLIT["val"], test=SPLIT["test"], seed=ctx.seed)
+
+
+def recipe(ctx: Context, settings: dict, *, epochs: int | None = None):
+    """Study 05's recipe (Adam 1e-3, categorical cross-entropy) with this profile's epochs and batch."""
+    return training.recipe("study05", "transfer", epochs=int(epochs or ctx.epochs),
+                           batch_size=int(settings["batch_size"]))
+
+
+def train(ctx: Context, split: pd.DataFrame, model: str, *, experiment: str, settings: dict,
+          epochs: int | None = None, keep: bool = True) -> FitResult:
+    """Train ``model`` (head="paper": GAP -> Dense 1024 ReLU -> softmax) with study 05's on-the-fly
+    augmentation on the training split only, evaluate on the test split."""
+    return experiments.fit_evaluate(
+        ctx, split, model=model, experiment=experiment, rec=recipe(ctx, settings, epochs=epochs),
+        augmenter=augment.augmenter_for("study05", seed=ctx.seed), model_options={"head": "paper"},
+        record_as=record_name(model), keep=keep)
+
+
+def model_inputs(ctx: Context, manifest: pd.DataFrame, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """(grey (N, s, s) in [0, 1], model-ready (N, s, s, 3)) of a manifest at the context's size."""
+    grey = experiments.load_images(manifest, ctx.image_size)
+    x = np.repeat(grey[..., None], 3, axis=-1)
+    return grey, np.asarray(models.get_spec(model).preprocess(x), dtype=np.float32)
+
+
+def pick_test_images(split: pd.DataFrame, per_class: int, *, seed: int = 0) -> pd.DataFrame:
+    """``per_class`` test images of each class (one per patient first), reproducibly."""
+    test = split[split["split"] == "test"]
+    rows = []
+    for _, part in test.groupby("label", sort=True):
+        part = part.sample(frac=1.0, random_state=seed).drop_duplicates("group")
+        rows.append(part.head(per_class))
+    return pd.concat(rows).reset_index(drop=True) if rows else test.head(0)
+
+
+def sanity_images(split: pd.DataFrame, n: int, *, seed: int = 0) -> pd.DataFrame:
+    """Up to ``n`` test images, balanced over classes (for the pointing game and randomization test)."""
+    test = split[split["split"] == "test"]
+    per_class = max(1, int(np.ceil(n / max(test["label"].nunique(), 1))))
+    picked = pick_test_images(split, per_class, seed=seed)
+    if len(picked) < n:  # patients with several images: fill up
+        rest = test[~test["path"].isin(picked["path"])].sample(frac=1.0, random_state=seed)
+        picked = pd.concat([picked, rest.head(n - len(picked))]).reset_index(drop=True)
+    return picked.head(n).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# explanations
+
+
+def explanations(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame, settings: dict) -> dict:
+    """Grad-CAM, Grad-CAM++ and LIME of every model on ``images`` (explaining each model's prediction).
+
+    Returns:
+        ``{model: {"grey", "gradcam", "gradcam++", "lime": [LimeResult], "pred", "backend",
+        "lime_seconds_per_image"}}``.
+    """
+    out = {}
+    for name, fit in fits.items():
+        grey, x = model_inputs(ctx, images, name)
+        cam = explain.CamExplainer(fit.model)
+        g = cam.explain(x, method="gradcam")
+        gpp = cam.explain(x, method="gradcam++")
+        scale = models.get_spec(name).preprocess
+        t0 = time.perf_counter()
+        limes = [explain.lime_explain(fit.model, img, num_samples=int(settings["lime_samples"]),
+                                      batch_size=int(settings["lime_samples"]), seed=ctx.seed,
+                                      segmentation=segmentation(settings),
+                                      num_features=int(settings["lime_features"]), scale=scale)
+                 for img in grey]
+        out[name] = {"grey": grey, "gradcam": g.maps, "gradcam++": gpp.maps, "lime": limes, "pred": g.class_index,
+                     "backend": g.backend, "lime_seconds_per_image": (time.perf_counter() - t0) / max(len(grey), 1)}
+    return out
+
+
+def explanation_figure(images: pd.DataFrame, expl: dict, class_names: Sequence[str]):
+    """Rows = test images; per model: Grad-CAM, Grad-CAM++ and LIME panels over the image."""
+    import matplotlib.pyplot as plt
+
+    names = list(expl)
+    ncol = 1 + 3 * len(names)
+    fig, axes = plt.subplots(len(images), ncol, figsize=(1.9 * ncol, 2.1 * len(images)), squeeze=False,
+                             layout="constrained")
+    for i, (_, row) in enumerate(images.iterrows()):
+        grey = expl[names[0]]["grey"][i]
+        axes[i, 0].imshow(grey, cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_title(f"true: {row['label']}", fontsize=8)
+        for j, name in enumerate(names):
+            e = expl[name]
+            pred = class_names[int(e["pred"][i])]
+            panels = [("Grad-CAM", explain.overlay_rgb(grey, e["gradcam"][i])),
+                      ("Grad-CAM++", explain.overlay_rgb(grey, e["gradcam++"][i])),
+                      ("LIME", explain.overlay_rgb(grey, e["lime"][i].mask, segments=e["lime"][i].segments))]
+            for k, (title, rgb) in enumerate(panels):
+                ax = axes[i, 1 + 3 * j + k]
+                ax.imshow(rgb, interpolation="nearest")
+                ax.set_title(f"{name}\n{title} (pred {pred})", fontsize=7)
+        if "roi_bbox" in row and isinstance(row.get("roi_bbox"), str):
+            x0, y0, x1, y1 = explain.parse_bbox(row["roi_bbox"])
+            s = grey.shape[0] / float(row.get("height", grey.shape[0]))
+            axes[i, 0].add_patch(plt.Rectangle((x0 * s, y0 * s), (x1 - x0) * s, (y1 - y0) * s, fill=False,
+                                               edgecolor="yellow", linewidth=1))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# sanity checks
+
+
+def has_roi(manifest: pd.DataFrame) -> bool:
+    """Whether the manifest carries a usable ``roi_bbox`` column (the synthetic knee does)."""
+    return "roi_bbox" in manifest.columns and manifest["roi_bbox"].astype(str).str.count(",").eq(3).all()
+
+
+def pointing_game(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame) -> pd.DataFrame:
+    """Share of Grad-CAM / Grad-CAM++ energy inside the tibial ROI vs the ROI's share of the image.
+
+    The box (``roi_bbox``, pixels of the stored image) is rescaled from the stored image's
+    (height, width) to the model input (``bbox_shape``). ``ratio`` > 1: the map concentrates on
+    the ROI; 1: no better than a uniform map; ``hit``: the map's maximum lies inside the box.
+    """
+    if not has_roi(images):
+        return pd.DataFrame(columns=["model", "method", "images", "energy_in_roi", "area_share", "ratio", "hit_rate"])
+    rows = []
+    for name, fit in fits.items():
+        _, x = model_inputs(ctx, images, name)
+        cam = explain.CamExplainer(fit.model)
+        for method in explain.CAM_METHODS:
+            maps = cam.explain(x, method=method).maps
+            per = [explain.pointing_game(m, r["roi_bbox"], bbox_shape=(int(r["height"]), int(r["width"])))
+                   for m, (_, r) in zip(maps, images.iterrows())]
+            df = pd.DataFrame(per)
+            rows.append({"model": name, "method": method, "images": len(df),
+                         "constant maps": int(df["ratio"].isna().sum()),
+                         "energy_in_roi": float(df["energy_in_roi"].mean()),
+                         "area_share": float(df["area_share"].mean()),
+                         "ratio": float(df["ratio"].mean()), "hit_rate": float(df["hit"].mean())})
+    return pd.DataFrame(rows)
+
+
+def randomization(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame) -> pd.DataFrame:
+    """Adebayo et al. (2018): Spearman between the trained model's Grad-CAM and the fully
+    randomized model's (every kernel re-drawn), per model. Near 1 = the map ignores the weights."""
+    rows = []
+    for name, fit in fits.items():
+        _, x = model_inputs(ctx, images, name)
+        res = explain.randomization_check(fit.model, x, layers="all", seed=ctx.seed, method="gradcam")
+        rho = np.asarray(res["spearman"], dtype=float)
+        # explain._spearman returns 0.0 for a constant map: with constant (all-zero) trained maps
+        # the test is undefined, not passed; self_spearman < 1 reveals it, so report NaN then.
+        defined = bool(res["self_spearman"] > 0.999)
+        rows.append({"model": name, "images": len(rho),
+                     "spearman_mean": float(np.mean(rho)) if defined else float("nan"),
+                     "spearman_min": float(np.min(rho)) if defined else float("nan"),
+                     "spearman_max": float(np.max(rho)) if defined else float("nan"),
+                     "self_spearman": float(res["self_spearman"]), "defined": defined,
+                     # exactly 0.0 = explain._spearman's value for a constant randomized map (no ranking)
+                     "randomized maps constant": int(np.sum(rho == 0.0)),
+                     "layers_randomized": len(res["layers_randomized"]), "backend": res["backend"]})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# the LIME-masked dataset
+
+
+def pool_folds(split: pd.DataFrame, k: int, *, seed: int = 0) -> list[pd.DataFrame]:
+    """k patient-grouped folds over the training+validation pool (the test split is left out)."""
+    pool = split[split["split"].isin(["train", "val"])].drop(columns="split").reset_index(drop=True)
+    return splits.grouped_kfold(pool, k=k, seed=seed)
+
+
+def mask_assignment(split: pd.DataFrame, folds: Sequence[pd.DataFrame]) -> tuple[dict, dict]:
+    """Which mask model masks each image, and which groups each mask model was trained on.
+
+    Returns:
+        ``(fold_of, trained_on)``: image path -> mask-model id (``"fold<k>"`` for pool images,
+        held out of fold k's training; ``"train-split model"`` for test images) and mask-model
+        id -> the groups it was trained (or validated) on.
+    """
+    fold_of: dict[str, str] = {}
+    trained_on: dict[str, set] = {}
+    for k, f in enumerate(folds):
+        key = f"fold{k}"
+        for p in f.loc[f["split"] == "test", "path"].astype(str):
+            fold_of[p] = key
+        trained_on[key] = set(f.loc[f["split"] == "train", "group"].astype(str))
+    for p in split.loc[split["split"] == "test", "path"].astype(str):
+        fold_of[p] = "train-split model"
+    trained_on["train-split model"] = set(split.loc[split["split"].isin(["train", "val"]), "group"].astype(str))
+    return fold_of, trained_on
+
+
+def lime_masked_split(ctx: Context, split: pd.DataFrame, model: str, original: FitResult, settings: dict) -> dict:
+    """Build ``model``'s LIME-masked dataset with masks from models that never saw the image.
+
+    1. k patient-grouped folds over train+val; for each fold a ``model`` trained on the other
+       folds (``mask_epochs``), evaluated on its held-out fold (out-of-fold accuracy recorded);
+    2. ``explain.lime_masked_dataset`` with ``explain.kfold_model_for``: fold k's images masked by
+       fold k's model, test images by ``original`` (trained on the training split only), each
+       mask explaining the model's PREDICTED class, with the ``trained_on`` leakage guard;
+    3. the masked images (stored at the original resolution) get the split of their source, so
+       the masked dataset is resized / split / augmented exactly as the original.
+
+    Returns:
+        dict with ``split`` (the masked manifest with ``split``), ``fold_records``, ``masking``
+        (lime_masking.json), ``seconds``, ``seconds_per_image``, ``folder``.
+    """
+    import json
+
+    folds = pool_folds(split, int(settings["kfold"]), seed=ctx.seed)
+    fold_models: dict[str, Any] = {"train-split model": original.model}
+    fold_records = []
+    for k, f in enumerate(folds):
+        fit = train(ctx, f, model, experiment=f"mask-fold{k}", settings=settings,
+                    epochs=int(settings["mask_epochs"]), keep=False)
+        fold_models[f"fold{k}"] = fit.model
+        fold_records.append({"mask model": f"fold{k}", "model": model, "trained on images": int((f["split"] == "train").sum()),
+                             "held-out images": int((f["split"] == "test").sum()),
+                             "held-out accuracy": fit.record["accuracy"], "train s": fit.record.get("train_seconds")})
+    fold_of, trained_on = mask_assignment(split, folds)
+    folder = ctx.out_dir / "data" / f"lime-masked-{model}"
+    t0 = time.perf_counter()
+    masked, skipped = explain.lime_masked_dataset(
+        split[["path", "label", "group"]], folder,
+        model_for=explain.kfold_model_for(fold_of, fold_models, name="{k}"),
+        image_size=ctx.image_size, scale=models.get_spec(model).preprocess, trained_on=trained_on,
+        num_samples=int(settings["lime_samples"]), batch_size=int(settings["lime_samples"]), seed=ctx.seed,
+        segmentation=segmentation(settings), num_features=int(settings["lime_features"]),
+        explain_label="predicted")
+    seconds = time.perf_counter() - t0
+    split_of = dict(zip(split["path"].astype(str), split["split"]))
+    masked = masked.copy()
+    masked["split"] = masked["source_path"].map(split_of)
+    masked["path"] = [str(folder / p) for p in masked["path"]]
+    masked["relpath"] = masked["path"]
+    masked["sha256"] = [io.pixel_sha256(io.load_xray(p)) for p in masked["path"]]
+    return {"split": masked, "fold_records": fold_records, "skipped": skipped,
+            "masking": json.loads((folder / "lime_masking.json").read_text()), "seconds": seconds,
+            "seconds_per_image": seconds / max(len(masked), 1), "folder": folder}
+
+
+def mask_summary(masked: dict[str, dict]) -> pd.DataFrame:
+    """Per model and mask model: images masked (lime_masking.json ``masked_by``), on which split,
+    mean kept fraction, and empty masks (an all-black image)."""
+    rows = []
+    for model, m in masked.items():
+        df = m["split"]
+        for mask_model, n in m["masking"]["masked_by"].items():
+            part = df[df["mask_model"] == mask_model]
+            rows.append({"model": model, "mask model": mask_model, "images masked (lime_masking.json)": n,
+                         "splits": ",".join(sorted(part["split"].unique())),
+                         "mean kept fraction": round(float(part["mask_fraction"].mean()), 3),
+                         "empty masks": int((part["mask_fraction"] == 0).sum())})
+    return pd.DataFrame(rows)
+
+
+def masked_examples_figure(masked: dict[str, dict], *, per_split: int = 2):
+    """Sample masked images of each model's dataset (train / val / test)."""
+    import matplotlib.pyplot as plt
+
+    names = list(masked)
+    cols = [(s, i) for s in ("train", "val", "test") for i in range(per_split)]
+    fig, axes = plt.subplots(len(names), len(cols), figsize=(1.8 * len(cols), 2.0 * len(names)), squeeze=False,
+                             layout="constrained")
+    for r, name in enumerate(names):
+        df = masked[name]["split"]
+        for c, (s, i) in enumerate(cols):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            part = df[df["split"] == s]
+            if i < len(part):
+                row = part.iloc[i]
+                ax.imshow(io.load_xray(row["path"]), cmap="gray", vmin=0, vmax=1)
+                ax.set_title(f"{name}\n{s}: {row['label']}", fontsize=7)
+    return fig
+
+
+def original_vs_masked(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "auc")) -> pd.DataFrame:
+    """Original vs LIME-masked per model: the metrics with CIs side by side, and the difference."""
+    table = experiments.results_table([r for r in records if r["experiment"] in ("original", "lime-masked")], keys)
+    by = {(r["experiment"], r["model"]): r for r in records}
+    diffs = []
+    for _, row in table.iterrows():
+        o, m = by.get(("original", row["model"])), by.get(("lime-masked", row["model"]))
+        diffs.append(None if o is None or m is None else round(m["accuracy"] - o["accuracy"], 3))
+    table["accuracy masked - original"] = diffs
+    return table.sort_values(["model", "experiment"], ascending=[True, False]).reset_index(drop=True)
+
+
+def sanity_extra(pointing: pd.DataFrame, rand: pd.DataFrame, masked: dict[str, dict], expl: dict) -> dict:
+    """The sanity scores and LIME costs for metrics.json ``extra``."""
+    return {
+        "pointing_game": pointing.to_dict(orient="records"),
+        "randomization_check": rand.to_dict(orient="records"),
+        "lime_seconds_per_image_explanations": {k: round(v["lime_seconds_per_image"], 3) for k, v in expl.items()},
+        "lime_masking": {k: {"seconds": round(v["seconds"], 2), "seconds_per_image": round(v["seconds_per_image"], 3),
+                             "masked_by": v["masking"]["masked_by"], "num_samples": v["masking"]["num_samples"],
+                             "segmentation": v["masking"]["segmentation"], "explain_label": v["masking"]["explain_label"],
+                             "fold_models": v["fold_records"], "skipped": len(v["skipped"])}
+                         for k, v in masked.items()},
+    }
+
+
+def check_settings(settings: dict) -> None:
+    """Fail fast on settings the workflow cannot run."""
+    unknown = [m for m in settings["mask_models"] if m not in settings["models"]]
+    if unknown:
+        raise ValueError(f"mask_models must be a subset of models {settings['models']}. Received: {unknown}")
+    if int(settings["kfold"]) < 2:
+        raise ValueError(f"kfold must be >= 2. Received: kfold={settings['kfold']!r}")
+    for m in settings["models"]:
+        models.get_spec(m)
+
+
+def out_path(ctx: Context, name: str) -> Path:
+    """A file in the report folder."""
+    return ctx.out_dir / name

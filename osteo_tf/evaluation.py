@@ -1003,8 +1003,12 @@ def result_record(
     ci95: dict[str, Any] = {}
     skipped: dict[str, int] = {}
     if n_boot:
-        cis = bootstrap_ci(y, p, groups=groups, metrics=CI_METRICS, n_boot=n_boot, seed=seed,
-                           positive=pos if binary else None, threshold=threshold)
+        with warnings.catch_warnings():
+            # The record keeps the skipped-resample counts (rec["ci"]["skipped"]); a warning per
+            # record would only clutter reports with small test sets.
+            warnings.filterwarnings("ignore", message="Bootstrap resamples skipped")
+            cis = bootstrap_ci(y, p, groups=groups, metrics=CI_METRICS, n_boot=n_boot, seed=seed,
+                               positive=pos if binary else None, threshold=threshold)
         ci95 = {k: [v[0], v[1]] for k, v in cis.items()}
         skipped = {k: v.n_skipped for k, v in cis.items() if v.n_skipped}
     rec["ci95"] = ci95

@@ -410,9 +410,9 @@ def test_result_record_is_json_safe_and_complete():
 
 
 def test_result_record_nan_becomes_none():
-    with pytest.warns(UserWarning, match="skipped"):
-        rec = ev.result_record(experiment="E1", model="m", protocol="paper", y_true=[0, 0, 0],
-                               y_prob=[0.1, 0.2, 0.3], class_names=["cn", "op"], n_boot=20)
+    rec = ev.result_record(experiment="E1", model="m", protocol="paper", y_true=[0, 0, 0],
+                           y_prob=[0.1, 0.2, 0.3], class_names=["cn", "op"], n_boot=20)
+    assert rec["ci"]["skipped"]["auc"] == 20  # recorded in the record rather than warned per record
     json.dumps(rec, allow_nan=False)
     assert rec["sensitivity"] is None and rec["auc"] is None
     assert rec["ci95"]["auc"] == [None, None]

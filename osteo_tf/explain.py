@@ -780,13 +780,19 @@ def pointing_game(cam: np.ndarray, bbox: str | Sequence[float], *,
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps; 0.0 when either is constant (no shared ranking)."""
+    """Spearman rank correlation of two maps; NaN when either is constant (undefined, not a pass)."""
     from scipy.stats import spearmanr
 
     a, b = np.ravel(a), np.ravel(b)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
+        return float("nan")
     return float(spearmanr(a, b).statistic)
+
+
+def _nanmean(values) -> float:
+    """Mean of the defined values; NaN when none is defined."""
+    v = np.asarray(values, dtype=float)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 
 def kernel_layers(model: Any) -> list[str]:
@@ -855,7 +861,7 @@ def randomization_check(
     clone.set_weights(model.get_weights())
     again = CamExplainer(clone, penultimate_layer=trained.penultimate_layer).explain(
         x, class_index=classes, method=method)
-    self_corr = float(np.mean([_spearman(a, b) for a, b in zip(trained.maps, again.maps)]))
+    self_corr = _nanmean([_spearman(a, b) for a, b in zip(trained.maps, again.maps)])
     rng = np.random.default_rng(seed)
     order = kernel_layers(clone)[::-1]  # top (output) first
     steps = [order[: k + 1] for k in range(len(order))] if layers == "cascade" else [order]
@@ -868,10 +874,11 @@ def randomization_check(
         rand = CamExplainer(clone, penultimate_layer=trained.penultimate_layer).explain(
             x, class_index=classes, method=method)
         per_image = np.array([_spearman(a, b) for a, b in zip(trained.maps, rand.maps)])
-        cascade.append({"layer": chosen[-1], "randomized": len(chosen), "mean": float(per_image.mean())})
+        cascade.append({"layer": chosen[-1], "randomized": len(chosen), "mean": _nanmean(per_image)})
     out: dict[str, Any] = {
         "spearman": per_image,
-        "mean": float(per_image.mean()),
+        "mean": _nanmean(per_image),
+        "n_undefined": int(np.isnan(per_image).sum()),  # a constant map has no ranking to compare
         "self_spearman": self_corr,
         "layers_randomized": order,
         "backend": trained.backend,

@@ -363,6 +363,12 @@ def test_pointing_game_on_trained_model(trained, record_property):
         assert ratio > 1.5  # energy concentrates on the ROI, well above its share of the area
 
 
+def test_constant_maps_have_no_rank_correlation():
+    flat = np.zeros((4, 4))
+    assert np.isnan(explain._spearman(flat, np.arange(16).reshape(4, 4)))
+    assert explain._spearman(np.arange(16), np.arange(16)) == pytest.approx(1.0)
+
+
 def test_randomization_check_on_trained_model(trained, record_property):
     model, x, y, _, _ = trained
     before = np.asarray(model(x[48:56], training=False))

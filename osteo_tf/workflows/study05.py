@@ -237,16 +237,14 @@ def randomization(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame
         _, x = model_inputs(ctx, images, name)
         res = explain.randomization_check(fit.model, x, layers="all", seed=ctx.seed, method="gradcam")
         rho = np.asarray(res["spearman"], dtype=float)
-        # explain._spearman returns 0.0 for a constant map: with constant (all-zero) trained maps
-        # the test is undefined, not passed; self_spearman < 1 reveals it, so report NaN then.
-        defined = bool(res["self_spearman"] > 0.999)
+        # explain returns NaN where a map is constant (no ranking to compare): undefined, not passed.
+        defined = bool(res["self_spearman"] > 0.999) and np.isfinite(rho).any()
         rows.append({"model": name, "images": len(rho),
-                     "spearman_mean": float(np.mean(rho)) if defined else float("nan"),
-                     "spearman_min": float(np.min(rho)) if defined else float("nan"),
-                     "spearman_max": float(np.max(rho)) if defined else float("nan"),
+                     "spearman_mean": float(np.nanmean(rho)) if defined else float("nan"),
+                     "spearman_min": float(np.nanmin(rho)) if defined else float("nan"),
+                     "spearman_max": float(np.nanmax(rho)) if defined else float("nan"),
                      "self_spearman": float(res["self_spearman"]), "defined": defined,
-                     # exactly 0.0 = explain._spearman's value for a constant randomized map (no ranking)
-                     "randomized maps constant": int(np.sum(rho == 0.0)),
+                     "randomized maps constant": int(res["n_undefined"]),
                      "layers_randomized": len(res["layers_randomized"]), "backend": res["backend"]})
     return pd.DataFrame(rows)
 

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from osteo_tf import preprocessing as pp
+from osteo_tf.io import save_png
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -167,14 +168,6 @@ def _safe_name(text: str) -> str:
     return _SAFE.sub("_", text)
 
 
-def _write_png8(path: Path, image: np.ndarray) -> None:
-    """Write an (H, W) [0, 1] image as an 8-bit greyscale PNG (rounded, not truncated)."""
-    from PIL import Image
-
-    arr = np.round(pp._as_image(image) * 255.0).astype(np.uint8)
-    Image.fromarray(arr).save(path, format="PNG")
-
-
 def write_offline_set(records: Sequence[Mapping[str, Any]], out_dir: str | Path) -> Path:
     """Write records as ``out_dir/<label>/<source_id>__<aug>.png`` plus ``manifest.csv``.
 
@@ -208,7 +201,7 @@ def write_offline_set(records: Sequence[Mapping[str, Any]], out_dir: str | Path)
     for rel, rec in rows:
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_png8(path, rec["image"])
+        save_png(pp._as_image(rec["image"]), path)
     manifest = out / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

@@ -144,6 +144,10 @@ def setup(
     st = get_study(study)
     prof = get_profile(profile)
     seed_everything(seed)
+    if prof.mixed_precision:  # full profile: mixed_float16 on a GPU, mixed_bfloat16 on bf16 CPUs
+        from osteo_tf import training
+
+        training.configure_precision("auto")
     out = Path(out_dir) if out_dir else reports_dir() / st.name
     out.mkdir(parents=True, exist_ok=True)
     if data_dir:

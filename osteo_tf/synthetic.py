@@ -89,7 +89,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from scipy.special import ndtr, ndtri
 
 from osteo_tf import _synth_shapes as shapes
@@ -595,11 +594,11 @@ def _iterate(mode, classes, preset, seed, size, patients, images_per_patient) ->
 
 
 # --- writing ------------------------------------------------------------------------------------
-def _save_png(image: np.ndarray, path: Path, bit_depth: int) -> None:
-    """Deterministic PNG writer (8-bit 'L' or 16-bit 'I;16'), no metadata chunks."""
-    top = 255 if bit_depth == 8 else 65535
-    arr = np.round(np.clip(image, 0.0, 1.0) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
-    Image.fromarray(arr).save(path, format="PNG", compress_level=6)
+def _write_png(image: np.ndarray, path: Path, bit_depth: int) -> None:
+    """Deterministic grey PNG (8-bit 'L' or 16-bit 'I;16', no metadata chunks) via ``io.save_png``."""
+    from osteo_tf.io import save_png
+
+    save_png(np.clip(image, 0.0, 1.0), path, bit_depth=bit_depth)
 
 
 def _prepare_out(out: Path) -> None:
@@ -672,7 +671,7 @@ def write_dataset(
     for image, meta in items:
         rel = f"{meta['label']}/{meta['image_id']}.png"
         (out / meta["label"]).mkdir(exist_ok=True)
-        _save_png(image, out / rel, bit_depth)
+        _write_png(image, out / rel, bit_depth)
         rows.append({**meta, "path": rel})
     df = pd.DataFrame(rows, columns=list(COLUMNS))  # rows in (patient, image) order
     df.to_csv(out / "metadata.csv", index=False, float_format="%.6f", lineterminator="\n")

@@ -12,7 +12,6 @@ Everything that decides a number lives here or in the modules it calls, never in
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -460,20 +459,3 @@ def leakage_summary(split: pd.DataFrame) -> pd.DataFrame:
         "test images whose group is in training": rep["test_images_with_train_group"],
         "clean": rep["clean"],
     }])
-
-
-def save_json(obj: Any, path: str | Path) -> Path:
-    """Write a JSON side file next to the report (NaN -> null)."""
-    def _clean(o):
-        if isinstance(o, float) and not np.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: _clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [_clean(v) for v in o]
-        if isinstance(o, np.generic):
-            return _clean(o.item())
-        return o
-
-    Path(path).write_text(json.dumps(_clean(obj), indent=2) + "\n")
-    return Path(path)

@@ -44,6 +44,9 @@ class Context:
     extra: dict = field(default_factory=dict)
     quarantine: pd.DataFrame | None = None
     duplicates: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    """Deterministic preprocessing steps a study applies to every image (``preprocessing.STEPS``);
+    studies that set it pass it to training, explanations and inference alike."""
 
     @property
     def runs_dir(self) -> Path:

@@ -517,6 +517,28 @@ def minmax_scale(image: np.ndarray) -> np.ndarray:
     return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
+def standardize(image: np.ndarray, *, clip_sd: float = 3.0) -> np.ndarray:
+    """Per-image z-score mapped back into [0, 1]: ``clip((x - mean) / (2 * clip_sd * std) + 0.5, 0, 1)``.
+
+    Removes each radiograph's exposure, gain and offset (nuisance that is independent of the
+    class) so a small CNN trained from scratch sees texture instead of brightness; ``clip_sd``
+    standard deviations either side of the mean span the output range.
+
+    Args:
+        image: (H, W) float32 in [0, 1].
+        clip_sd: > 0.
+
+    Returns:
+        (H, W) float32 in [0, 1] with mean 0.5 (before clipping); all 0.5 for a constant image.
+    """
+    x = _as_image(image).astype(np.float64)
+    clip_sd = _check_number(clip_sd, "clip_sd", low=0.0, low_inclusive=False)
+    sd = float(x.std())
+    if sd == 0.0:
+        return np.full(x.shape, 0.5, dtype=np.float32)
+    return np.clip((x - x.mean()) / (2.0 * clip_sd * sd) + 0.5, 0.0, 1.0).astype(np.float32)
+
+
 def resize(image: np.ndarray, size: int | tuple[int, int], *, interpolation: str = "area") -> np.ndarray:
     """Resize with OpenCV.
 
@@ -689,6 +711,7 @@ STEPS: dict[str, Callable[..., np.ndarray]] = {
     "adjust_contrast_brightness": adjust_contrast_brightness,
     "unsharp_sharpen": unsharp_sharpen,
     "minmax_scale": minmax_scale,
+    "standardize": standardize,
     "resize": resize,
     "roi_crop": _roi_crop_image,
 }

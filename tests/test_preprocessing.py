@@ -396,3 +396,24 @@ def test_map_cached_loads_paths_and_skips_unreadable(tmp_path):
         out = P.map_cached("minmax_scale", [tmp_path / "a.png", tmp_path / "empty.png"], {}, cache=False)
     np.testing.assert_allclose(out[0], pixels / 255.0, atol=1e-6)
     assert out[1] is None
+
+
+def test_standardize_known_values_and_gain_offset_invariance():
+    img = np.array([[0.2, 0.4], [0.6, 0.8]], np.float32)  # mean 0.5, std sqrt(0.05)
+    out = P.standardize(img, clip_sd=3.0)
+    sd = np.sqrt(0.05)
+    expected = np.clip((img - 0.5) / (6 * sd) + 0.5, 0, 1)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert out.dtype == np.float32
+    # exposure gain and offset are removed
+    np.testing.assert_allclose(P.standardize(0.5 * img + 0.1), out, atol=1e-6)
+
+
+def test_standardize_clips_and_handles_constant():
+    img = np.zeros((4, 4), np.float32)
+    img[0, 0] = 1.0  # 4 sd above the mean of 1/16
+    out = P.standardize(img, clip_sd=1.0)
+    assert out.max() == 1.0 and out.min() >= 0.0
+    np.testing.assert_array_equal(P.standardize(np.full((3, 3), 0.3, np.float32)), np.full((3, 3), 0.5, np.float32))
+    with pytest.raises(ValueError, match="clip_sd"):
+        P.standardize(img, clip_sd=0)

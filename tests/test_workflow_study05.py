@@ -41,6 +41,19 @@ def test_check_settings_rejects_bad_values():
         study05.check_settings({**s, "kfold": 1})
     with pytest.raises(ValueError):
         study05.check_settings({**s, "models": ["no_such_model"], "mask_models": []})
+    with pytest.raises(ValueError, match="intensity"):
+        study05.check_settings({**s, "intensity": "zscore"})
+
+
+def test_setup_sets_the_intensity_steps_used_for_training_and_explanations(tmp_path, monkeypatch):
+    monkeypatch.setenv("OSTEO_TF_CACHE", str(tmp_path / "cache"))
+    s = dict(study05.DEFAULTS["smoke"], patients=8, intensity="standardize")
+    ctx = study05.setup(profile="smoke", data_dir="", seed=0, out_dir=str(tmp_path / "out"), settings=s)
+    assert ctx.steps == [("standardize", {})]
+    grey, x = study05.model_inputs(ctx, ctx.manifest.head(2), "mobilenetv3small")
+    assert abs(float(grey.mean()) - 0.5) < 0.05  # standardized: mean 0.5 before the resize
+    assert study05.setup(profile="smoke", data_dir="", seed=0, out_dir=str(tmp_path / "out2"),
+                         settings={**s, "intensity": "none"}).steps == []
 
 
 def test_record_name_maps_both_mobilenetv3_variants():

@@ -439,9 +439,13 @@ def _lime_classes():
             data = self.random_state.randint(0, 2, num_samples * n_features).reshape((num_samples, n_features))
             data[0, :] = 1
             onehot = (segments[np.newaxis] == np.arange(n_features)[:, None, None]).astype(np.float32)
-            # float32 batches: the grey values come from float32 images, so nothing is lost and
-            # a batch of 256 RGB 224 px images takes 154 MB instead of 308 MB
+            # float32 batches: the grey values come from float32 images, so nothing is lost. A
+            # ModelPredictor takes ONE channel (it repeats and scales inside its compiled graph),
+            # which builds a third of the pixels; any other classifier_fn gets lime's RGB.
+            grey_ok = isinstance(classifier_fn, ModelPredictor)
             image32, fudged32 = image.astype(np.float32), fudged_image.astype(np.float32)
+            if grey_ok:
+                image32, fudged32 = image32[..., :1], fudged32[..., :1]
             labels = []
             for start in range(0, num_samples, batch_size):
                 rows = data[start:start + batch_size]
@@ -490,33 +494,48 @@ def make_segmentation_fn(segmentation: tuple[str, Mapping] | Callable = DEFAULT_
     return fn
 
 
-_FORWARD: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_FORWARD: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
-def _compiled_forward(model: Any):
-    """One ``tf.function`` per model (cached weakly: explaining many images traces once)."""
+def _compiled_forward(model: Any, *, channels: int | None = None, scale: Callable | None = None):
+    """One ``tf.function`` per (model, channels, scale), cached weakly on the model: explaining
+    many images traces once. With ``channels`` set, the function takes ONE grey channel and
+    repeats it and applies ``scale`` inside the graph (``scale`` must accept tensors, as the
+    registry's ``spec.preprocess`` does)."""
     import tensorflow as tf
 
-    fn = _FORWARD.get(model)
+    per_model = _FORWARD.setdefault(model, {})
+    key = (channels, scale)
+    fn = per_model.get(key)
     if fn is None:
         ref = weakref.ref(model)  # the cached function must not keep the model alive
-        fn = tf.function(lambda x: ref()(x, training=False), reduce_retracing=True)
-        _FORWARD[model] = fn
+
+        def forward(x):
+            if channels is not None:
+                x = tf.repeat(x, channels, axis=-1) if channels != 1 else x
+                if scale is not None:
+                    x = scale(x)
+            return ref()(x, training=False)
+
+        fn = tf.function(forward, reduce_retracing=True)
+        per_model[key] = fn
     return fn
 
 
 class ModelPredictor:
     """A lime ``classifier_fn`` (and batch predictor) for a Keras model.
 
-    Takes (n, H, W, 3) RGB batches whose channels are identical (lime converts grey to RGB),
-    keeps ONE channel (the grey image in [0, 1]), repeats it to the model's channel count,
-    applies ``scale`` (the model's input scaling, e.g. ``spec.preprocess``), and predicts in
-    chunks of ``batch_size`` with one compiled ``tf.function`` (traced once per input shape).
-    Returns (n, C) probabilities (single sigmoid -> [1 - p, p]).
+    Takes (n, H, W, 3) RGB batches whose channels are identical (lime converts grey to RGB) or
+    (n, H, W, 1) grey batches, keeps ONE channel (the grey image in [0, 1]), and predicts in
+    chunks of ``batch_size`` with one compiled ``tf.function`` (traced once per input shape)
+    that repeats the channel to the model's channel count and applies ``scale`` (the model's
+    input scaling, e.g. ``spec.preprocess``) inside the graph. Returns (n, C) probabilities
+    (single sigmoid -> [1 - p, p]).
 
     Args:
         model: the classifier (not modified).
-        scale: callable on (n, H, W, C) float32 in [0, 1]; ``None`` = identity.
+        scale: callable on (n, H, W, C) float32 in [0, 1], NumPy arrays and tensors alike;
+            ``None`` = identity.
         batch_size: images per forward pass.
     """
 
@@ -525,15 +544,12 @@ class ModelPredictor:
             raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
         self.model, self.scale, self.batch_size = model, scale, int(batch_size)
         self.channels = int(model.inputs[0].shape[-1])
-        self._forward = _compiled_forward(model)
+        self._forward = _compiled_forward(model, channels=self.channels, scale=scale)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         grey = np.asarray(rgb, dtype=np.float32)
         grey = grey[..., :1] if grey.ndim == 4 else grey[..., None]
-        x = np.repeat(grey, self.channels, axis=-1) if self.channels != 1 else grey
-        if self.scale is not None:
-            x = np.asarray(self.scale(x), dtype=np.float32)
-        out = [np.asarray(self._forward(x[i:i + self.batch_size])) for i in range(0, len(x), self.batch_size)]
+        out = [np.asarray(self._forward(grey[i:i + self.batch_size])) for i in range(0, len(grey), self.batch_size)]
         return _probabilities(np.concatenate(out, axis=0))
 
 

@@ -310,7 +310,10 @@ def make_dataset(
         label_mode: see :func:`encode_labels`.
         label_col: the label column.
         seed: shuffle seed.
-        cache: True = in memory, a path = a cache file, False = no cache.
+        cache: True = in memory, a path = a cache file, False = no cache. Training splits cache
+            the decoded grey images (shuffle and augmentation follow); validation and test
+            splits cache the model-ready batches (channels and scaling applied: 3 times the
+            memory of grey images for 3-channel models, nothing recomputed in later passes).
         drop_remainder: drop the last partial batch.
 
     Returns:
@@ -335,13 +338,21 @@ def make_dataset(
     images = image_dataset(paths, image_size=image_size, steps=steps)
     ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(y)))
     ds = ds.filter(_is_ok).map(_drop_ok)
+    if not training:
+        # validation / test: nothing random follows the decode, so the model-ready batches
+        # themselves are cached and every later pass (validation runs each epoch) only reads them
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.map(lambda x, lab: (to_model_input(x[..., tf.newaxis], channels=channels, scale=scale), lab),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        if cache:
+            ds = ds.cache() if cache is True else ds.cache(str(cache))
+        return ds.prefetch(tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache() if cache is True else ds.cache(str(cache))
-    if training:
-        ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, lab: (x[..., tf.newaxis], lab), num_parallel_calls=tf.data.AUTOTUNE)
-    if training and augmenter is not None:
+    if augmenter is not None:
         ds = ds.map(lambda x, lab: (tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0), lab),
                     num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(lambda x, lab: (to_model_input(x, channels=channels, scale=scale), lab),

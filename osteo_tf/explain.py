@@ -497,11 +497,11 @@ def make_segmentation_fn(segmentation: tuple[str, Mapping] | Callable = DEFAULT_
 _FORWARD: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
-def _compiled_forward(model: Any, *, channels: int | None = None, scale: Callable | None = None):
+def _compiled_forward(model: Any, *, channels: int, scale: Callable | None = None):
     """One ``tf.function`` per (model, channels, scale), cached weakly on the model: explaining
-    many images traces once. With ``channels`` set, the function takes ONE grey channel and
-    repeats it and applies ``scale`` inside the graph (``scale`` must accept tensors, as the
-    registry's ``spec.preprocess`` does)."""
+    many images traces once. The function takes ONE grey channel, repeats it to ``channels``
+    and applies ``scale`` inside the graph (``scale`` must accept tensors, as the registry's
+    ``spec.preprocess`` does)."""
     import tensorflow as tf
 
     per_model = _FORWARD.setdefault(model, {})
@@ -511,10 +511,9 @@ def _compiled_forward(model: Any, *, channels: int | None = None, scale: Callabl
         ref = weakref.ref(model)  # the cached function must not keep the model alive
 
         def forward(x):
-            if channels is not None:
-                x = tf.repeat(x, channels, axis=-1) if channels != 1 else x
-                if scale is not None:
-                    x = scale(x)
+            x = tf.repeat(x, channels, axis=-1) if channels != 1 else x
+            if scale is not None:
+                x = scale(x)
             return ref()(x, training=False)
 
         fn = tf.function(forward, reduce_retracing=True)

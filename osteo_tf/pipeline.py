@@ -344,11 +344,8 @@ def make_dataset(
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         ds = ds.map(lambda x, lab: (to_model_input(x[..., tf.newaxis], channels=channels, scale=scale), lab),
                     num_parallel_calls=tf.data.AUTOTUNE)
-        if cache:
-            ds = ds.cache() if cache is True else ds.cache(str(cache))
-        return ds.prefetch(tf.data.AUTOTUNE)
-    if cache:
-        ds = ds.cache() if cache is True else ds.cache(str(cache))
+        return _cached(ds, cache).prefetch(tf.data.AUTOTUNE)
+    ds = _cached(ds, cache)
     ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, lab: (x[..., tf.newaxis], lab), num_parallel_calls=tf.data.AUTOTUNE)
@@ -358,6 +355,13 @@ def make_dataset(
     ds = ds.map(lambda x, lab: (to_model_input(x, channels=channels, scale=scale), lab),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _cached(ds, cache: bool | str):
+    """``ds`` cached in memory (True), in a file (a path) or not at all (False)."""
+    if not cache:
+        return ds
+    return ds.cache() if cache is True else ds.cache(str(cache))
 
 
 def _is_ok(image_ok, label):

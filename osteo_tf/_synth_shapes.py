@@ -24,6 +24,9 @@ NETWORK_REL_BANDWIDTH = 0.18  # Gaussian ring width relative to its centre frequ
 KNEE_OUTER_SCALE_PX = 32.0  # finer-grained fBm in the knee so the tibial ROI holds many blobs
 KNEE_ROW_WEIGHT = 4.0  # vertical weight of the inside distance that sets the projected depth
 KNEE_TRABECULAR_FRACTION = 0.6  # trabecular excess attenuation relative to cortical bone
+KNEE_BONE_CONTRAST_LOG = 0.5  # per-image bone contrast factor, log-uniform in exp(+-this)
+KNEE_REFERENCE_BVTV = 0.20  # BV/TV at which the texture modulates by KNEE_TEXTURE_CONTRAST
+KNEE_TEXTURE_BVTV_POWER = 0.75
 KNEE_TEXTURE_CONTRAST = 0.8  # relative modulation of the trabecular attenuation by tex
 TEXTURE_PX_MM = 0.1  # texture pixel size (calcaneus px; knee texture is rendered at this scale x n/256)
 
@@ -320,7 +323,8 @@ def render_knee(
     x, y = xp * px_mm - traits["x_shift"], yp * px_mm  # patient frame, mm
     t = traits
     mu_soft = t["soft_mu"]
-    mu_bone = 2.5 * mu_soft
+    # beam quality (kVp, filtration, scatter) varies per image and scales the bone contrast
+    mu_bone = mu_soft * (1.0 + 1.5 * math.exp(rng.uniform(-KNEE_BONE_CONTRAST_LOG, KNEE_BONE_CONTRAST_LOG)))
 
     half_leg = 0.5 * t["leg_width"] * (1.0 - 0.08 * y / 77.0)
     u = np.clip(np.abs(x) / half_leg, 0.0, 1.0)
@@ -350,7 +354,9 @@ def render_knee(
     tex = texture(rng, size, size, params=params, pose=pose, shared_noise=shared_noise, px_scale=1.0,
                   outer_scale=KNEE_OUTER_SCALE_PX)
     atten = mu_soft * soft
-    trab = np.maximum(1.0 + KNEE_TEXTURE_CONTRAST * tex, 0.0)  # trabecular density (mean ~fixed)
+    # trabecular density: fewer trabeculae wash out the pattern, so its contrast scales with BV/TV
+    amp = KNEE_TEXTURE_CONTRAST * (params["BVTV"] / KNEE_REFERENCE_BVTV) ** KNEE_TEXTURE_BVTV_POWER
+    trab = np.maximum(1.0 + amp * tex, 0.0)
     for mask, radius in ((femur, f_half), (tibia, t_half), (fibula, 7.0)):
         d = _inside_distance(mask) * (px_mm * pose.scale)
         outer = _chord(d, radius)

@@ -93,7 +93,8 @@ from scipy.special import ndtr, ndtri
 
 from osteo_tf import _synth_shapes as shapes
 
-GENERATOR_VERSION = "1.0.1"  # 1.0.1: PNGs written by io.save_png (float64 rounding)
+GENERATOR_VERSION = "1.1.0"  # 1.1.0: knee texture contrast follows BV/TV; per-image knee bone contrast
+# 1.0.1: PNGs written by io.save_png (float64 rounding)
 MODES = ("calcaneus", "knee", "dxa")
 DEFAULT_SIZE = {"calcaneus": 256, "knee": 256, "dxa": 256}
 """Default image size per mode (dxa images are size x size/2)."""

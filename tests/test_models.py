@@ -17,7 +17,7 @@ from osteo_tf.models import WeightsUnavailableError
 EXPECTED_NAMES = [
     "resnet50", "inceptionv3", "mobilenetv2", "mobilenetv3small", "mobilenetv3large",
     "efficientnetb0", "densenet121", "vgg16", "xception", "alexnet", "googlenet", "squeezenet",
-    "resnet18", "study01_cnn", "study03_multibranch",
+    "resnet18", "study01_cnn", "compact_cnn", "study03_multibranch",
     "study04_model1", "study04_model2", "study04_model3", "study04_model4",
 ]
 

@@ -33,12 +33,31 @@ def _no_dense_units(name: str, dense_units: Any) -> None:
         )
 
 
-def _conv_bn_relu(x: Any, filters: int, kernel: int, name: str, padding: str = "same") -> Any:
+def _conv_bn_relu(x: Any, filters: int, kernel: int, name: str, padding: str = "same", *,
+                  use_bias: bool = True, momentum: float = 0.99) -> Any:
     from keras import layers
 
-    x = layers.Conv2D(filters, kernel, padding=padding, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.Conv2D(filters, kernel, padding=padding, use_bias=use_bias, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _four_conv_trunk(name: str, input_shape: tuple[int, int, int], filters: Sequence[int], **conv: Any) -> tuple[Any, Any]:
+    """``(inputs, features)``: conv1-conv4 (3x3, BN, ReLU) with a 2x2 max-pool after conv1-conv3,
+    the trunk of study01_cnn and compact_cnn; ``conv`` goes to :func:`_conv_bn_relu`."""
+    from keras import layers
+    import keras
+
+    filters = tuple(filters)
+    if len(filters) != 4 or not all(isinstance(f, int) and f > 0 for f in filters):
+        raise ValueError(f"{name}: filters must be 4 positive ints. Received: filters={filters!r}")
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = inputs
+    for i, f in enumerate(filters, start=1):
+        x = _conv_bn_relu(x, f, STUDY01_KERNEL, f"conv{i}", **conv)
+        if i < 4:
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    return inputs, x
 
 
 def build_study01_cnn(
@@ -59,19 +78,10 @@ def build_study01_cnn(
     only the layer types. ``filters`` overrides the counts (4 ints).
     """
     from keras import layers
-    import keras
 
     _reject_options("study01_cnn", options)
     _no_dense_units("study01_cnn", dense_units)
-    filters = tuple(filters)
-    if len(filters) != 4 or not all(isinstance(f, int) and f > 0 for f in filters):
-        raise ValueError(f"filters must be 4 positive ints. Received: filters={filters!r}")
-    inputs = keras.Input(shape=input_shape, name="input")
-    x = inputs
-    for i, f in enumerate(filters, start=1):
-        x = _conv_bn_relu(x, f, STUDY01_KERNEL, f"conv{i}")
-        if i < 4:
-            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    inputs, x = _four_conv_trunk("study01_cnn", input_shape, filters)
     x = layers.Flatten(name="flatten")(x)
     outputs, head_names = softmax_head(x, num_classes=num_classes, dropout=dropout, pool=False)
     return Built(inputs, outputs, ("flatten",) + head_names)
@@ -107,21 +117,8 @@ def build_compact_cnn(
     MobileNetV3-Small from random init).
     ``filters`` overrides the counts (4 ints).
     """
-    from keras import layers
-    import keras
-
     _reject_options("compact_cnn", options)
-    filters = tuple(filters)
-    if len(filters) != 4 or not all(isinstance(f, int) and f > 0 for f in filters):
-        raise ValueError(f"filters must be 4 positive ints. Received: filters={filters!r}")
-    inputs = keras.Input(shape=input_shape, name="input")
-    x = inputs
-    for i, f in enumerate(filters, start=1):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}_conv")(x)
-        x = layers.BatchNormalization(momentum=COMPACT_BN_MOMENTUM, name=f"conv{i}_bn")(x)
-        x = layers.Activation("relu", name=f"conv{i}_relu")(x)
-        if i < 4:
-            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    inputs, x = _four_conv_trunk("compact_cnn", input_shape, filters, use_bias=False, momentum=COMPACT_BN_MOMENTUM)
     outputs, head_names = softmax_head(x, num_classes=num_classes, dropout=dropout, dense_units=dense_units)
     return Built(inputs, outputs, head_names)
 

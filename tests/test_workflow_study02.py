@@ -13,10 +13,11 @@ from osteo_tf.workflows import study02
 def test_every_profile_resolves_and_full_is_the_paper_protocol():
     for profile in study02.DEFAULTS:
         S = study02.resolve(profile)
-        assert S["model"] in ("resnet50", "resnet18", "mobilenetv2")
+        assert S["model"] in ("resnet50", "compact_cnn")
     full = study02.resolve("full")
     assert full["model"] == "resnet50" and full["image_size"] == 224 and full["epochs"] == 30
     assert full["denoise_size"] == 0, "the paper denoises before resizing"
+    assert full["intensity"] == "none" and full["learning_rate"] == 1e-4, "the paper: min-max only, the recipe's lr"
     assert study02.images_per_patient(full) is None
 
 
@@ -34,8 +35,13 @@ def test_resolve_overrides_and_errors():
         study02.resolve("smoke", denoisers="wiener")
     with pytest.raises(ValueError):
         study02.resolve("smoke", model="no_such_model")
+    with pytest.raises(ValueError, match="intensity"):
+        study02.resolve("smoke", intensity="gamma")
+    with pytest.raises(ValueError, match="learning_rate"):
+        study02.resolve("smoke", learning_rate=1.5)
+    assert study02.resolve("smoke", learning_rate=0.01)["learning_rate"] == 0.01
     with pytest.raises(ValueError, match="unknown setting"):
-        study02.resolve("smoke", learning_rate=0.1)
+        study02.resolve("smoke", momentum=0.9)
 
 
 def test_pipeline_steps_follow_study_steps_and_ablation_only_drops_bm3d():
@@ -45,7 +51,7 @@ def test_pipeline_steps_follow_study_steps_and_ablation_only_drops_bm3d():
     smoke = study02.resolve("smoke")
     steps = study02.pipeline_steps(smoke)
     assert steps[0] == ("resize", {"size": smoke["denoise_size"]})
-    assert [n for n, _ in steps[1:]] == ["bm3d_denoise", "minmax_scale"]
+    assert [n for n, _ in steps[1:]] == ["bm3d_denoise", "minmax_scale", "standardize"]
     plain = study02.pipeline_steps(smoke, denoise=False)
     assert plain == [s for s in steps if s[0] != "bm3d_denoise"]
 

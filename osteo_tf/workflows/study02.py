@@ -63,9 +63,10 @@ fine-tuning pretrained weights).
 The CPU profiles train ``compact_cnn`` (61k parameters, not from the paper) from scratch with
 ``intensity="standardize"`` and Adam 1e-3: ResNet-18 from random initialisation stayed at chance
 on the synthetic 3-class knee (accuracy 0.39 and 0.28, 120 patients at 64 px, 8 epochs, measured
-2026-11-22). Measured 2026-12-01 (``/tmp``-scripted ``fit_evaluate`` with these steps, 600
-patients, 96 px, 30 epochs): test accuracy 0.51 (95% CI 0.41-0.61, chance 0.33), AUC 0.73, 43 s of
-training. ``model_name=resnet50`` restores the paper's backbone."""
+2026-11-22). Measured 2026-12-01 (``osteo-tf run 02 --profile quick``, 600 patients, 90 test
+patients): BM3D model test accuracy 0.51 (95% CI 0.41-0.61; chance 0.33), AUC 0.73 (0.66-0.81),
+41 s of training; the no-denoise ablation 0.48 (0.38-0.59), AUC 0.70; 103 s for the whole
+notebook. ``model_name=resnet50`` restores the paper's backbone."""
 
 INTENSITY = {"none": [], "standardize": [("standardize", {})]}
 """``intensity`` setting -> the steps appended after the min-max scaling."""

@@ -51,6 +51,12 @@ STUDY_STEPS: dict[str, list[tuple[str, dict]]] = {
 only resize (their augmentation is separate)."""
 
 
+INTENSITY_STEPS: dict[str, list[tuple[str, dict]]] = {"none": [], "standardize": [("standardize", {})]}
+"""The studies' ``intensity`` setting -> deterministic steps: "none" (the papers' own scaling only)
+or "standardize" (per-image z-score, ``preprocessing.standardize``), which the CPU profiles of
+studies 02 and 05 use for their from-scratch ``compact_cnn``."""
+
+
 def _validate_steps(steps: Sequence) -> list[tuple[str, dict]]:
     from osteo_tf import preprocessing
 

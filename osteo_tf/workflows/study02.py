@@ -68,7 +68,7 @@ patients): BM3D model test accuracy 0.51 (95% CI 0.41-0.61; chance 0.33), AUC 0.
 41 s of training; the no-denoise ablation 0.48 (0.38-0.59), AUC 0.70; 103 s for the whole
 notebook. ``model_name=resnet50`` restores the paper's backbone."""
 
-INTENSITY = {"none": [], "standardize": [("standardize", {})]}
+INTENSITY = pipeline.INTENSITY_STEPS
 """``intensity`` setting -> the steps appended after the min-max scaling."""
 
 SPLIT = {"train": 0.70, "val": 0.15, "test": 0.15}

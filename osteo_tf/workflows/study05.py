@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from osteo_tf import augment, experiments, explain, io, models, splits, training
+from osteo_tf import augment, experiments, explain, io, models, pipeline, splits, training
 from osteo_tf.experiments import Context, FitResult
 
 _SEG = {"compactness": 0.1, "sigma": 1.0, "start_label": 0}
@@ -63,7 +63,7 @@ patients and 12 epochs, 9 min 46 s). ``model_names="mobilenetv3small"`` restores
 family. Measured 2026-11-22 (``osteo-tf run 05 --profile quick``, generator 1.1.0): 192 s,
 test AUC 0.83 (95% CI 0.66-0.97), accuracy 0.63, on 30 test patients."""
 
-INTENSITY = {"none": [], "standardize": [("standardize", {})]}
+INTENSITY = pipeline.INTENSITY_STEPS
 """``intensity`` setting -> deterministic preprocessing steps (``osteo_tf.preprocessing.STEPS``)."""
 
 SPLIT = {"val": 0.2, "test": 0.1}

@@ -42,8 +42,8 @@ def _measure() -> dict:
         again = preprocessing.cached_apply_steps(paths, STEPS, cache=cache, n_jobs=os.cpu_count())
         rerun = time.perf_counter() - t0
     same = all((a == b).all() for a, b in zip(seq, par)) and all((a == b).all() for a, b in zip(par, again))
-    return {"sequential": sequential, "library_threads": library_threads, "parallel": parallel, "rerun": rerun, "same": same, "cores": os.cpu_count(),
-            "ceiling": machine_parallel_ceiling(os.cpu_count() or 1)}
+    return {"sequential": sequential, "library_threads": library_threads, "parallel": parallel, "rerun": rerun,
+            "same": same, "cores": os.cpu_count(), "ceiling": machine_parallel_ceiling(os.cpu_count() or 1)}
 
 
 def _results() -> dict:

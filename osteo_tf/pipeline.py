@@ -54,7 +54,18 @@ only resize (their augmentation is separate)."""
 INTENSITY_STEPS: dict[str, list[tuple[str, dict]]] = {"none": [], "standardize": [("standardize", {})]}
 """The studies' ``intensity`` setting -> deterministic steps: "none" (the papers' own scaling only)
 or "standardize" (per-image z-score, ``preprocessing.standardize``), which the CPU profiles of
-studies 02 and 05 use for their from-scratch ``compact_cnn``."""
+studies 02, 03 and 05 use for the small CNNs they train from scratch."""
+
+
+def intensity_steps(intensity: str) -> list[tuple[str, dict]]:
+    """The steps of one ``intensity`` setting (fresh copies, safe to extend).
+
+    Raises:
+        ValueError: an unknown setting, naming the known ones.
+    """
+    if intensity not in INTENSITY_STEPS:
+        raise ValueError(f"intensity must be one of {sorted(INTENSITY_STEPS)}. Received: intensity={intensity!r}")
+    return [(name, dict(params)) for name, params in INTENSITY_STEPS[intensity]]
 
 
 def _validate_steps(steps: Sequence) -> list[tuple[str, dict]]:

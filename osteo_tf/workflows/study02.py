@@ -131,8 +131,7 @@ def resolve(profile: str, **overrides: Any) -> dict[str, Any]:
     unknown = sorted(set(S["denoisers"]) - set(DENOISERS))
     if unknown:
         raise ValueError(f"unknown denoiser(s) {unknown}. Known: {sorted(DENOISERS)}")
-    if S["intensity"] not in INTENSITY:
-        raise ValueError(f"intensity must be one of {sorted(INTENSITY)}. Received: intensity={S['intensity']!r}")
+    pipeline.intensity_steps(S["intensity"])  # raises for an unknown setting
     S["learning_rate"] = float(S["learning_rate"])
     if not 0.0 < S["learning_rate"] < 1.0:
         raise ValueError(f"learning_rate must be in (0, 1). Received: learning_rate={S['learning_rate']!r}")
@@ -162,7 +161,7 @@ def pipeline_steps(S: Mapping[str, Any], *, denoise: bool = True) -> list[tuple[
     """
     steps = [(name, dict(params)) for name, params in pipeline.STUDY_STEPS["study02"]
              if denoise or name != "bm3d_denoise"]
-    steps += [(name, dict(params)) for name, params in INTENSITY[S.get("intensity", "none")]]
+    steps += pipeline.intensity_steps(S.get("intensity", "none"))
     if int(S.get("denoise_size") or 0):
         steps.insert(0, ("resize", {"size": int(S["denoise_size"])}))
     return steps

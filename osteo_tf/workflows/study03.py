@@ -55,14 +55,41 @@ CPU option (2x2 pools between blocks; same parameter count)."""
 # data
 
 
-def preprocessing_steps(smudge_size: int) -> list[tuple[str, dict]]:
-    """Study 03 steps: mean filter, histogram equalization, ROI crop, then smudging (0 = none)."""
+def preprocessing_steps(smudge_size: int, intensity: str = "none") -> list[tuple[str, dict]]:
+    """Study 03 steps: mean filter, histogram equalization, ROI crop, then smudging (0 = none),
+    then the ``intensity`` steps (``pipeline.intensity_steps``: "none" or "standardize")."""
     if smudge_size == 15:
-        return [tuple(s) for s in pipeline.STUDY_STEPS["study03_smudged"]]
-    steps = [tuple(s) for s in pipeline.STUDY_STEPS["study03"]]
-    if smudge_size:
-        steps.append(("smudge", {"size": int(smudge_size)}))
-    return steps
+        steps = [tuple(s) for s in pipeline.STUDY_STEPS["study03_smudged"]]
+    else:
+        steps = [tuple(s) for s in pipeline.STUDY_STEPS["study03"]]
+        if smudge_size:
+            steps.append(("smudge", {"size": int(smudge_size)}))
+    return steps + pipeline.intensity_steps(intensity)
+
+
+def resolve(profile: str, **overrides) -> dict:
+    """``experiments.resolve_settings`` for study 03, checked.
+
+    Raises:
+        ValueError: unknown profile or setting, an unknown ``intensity``, a learning rate outside
+            (0, 1), a non-positive size / count / epoch number, or an even smudging window.
+    """
+    S = experiments.resolve_settings(DEFAULTS, profile, **overrides)
+    pipeline.intensity_steps(S["intensity"])  # raises for an unknown setting
+    S["learning_rate"] = float(S["learning_rate"])
+    if not 0.0 < S["learning_rate"] < 1.0:
+        raise ValueError(f"learning_rate must be in (0, 1). Received: learning_rate={S['learning_rate']!r}")
+    for key in ("patients_a", "patients_b", "unlabeled_patients", "image_size", "epochs", "pretrain_epochs",
+                "batch_size"):
+        if int(S[key]) < 1:
+            raise ValueError(f"{key} must be a positive integer. Received: {key}={S[key]!r}")
+    if int(S["smudge_size"]) < 0 or (int(S["smudge_size"]) and int(S["smudge_size"]) % 2 == 0):
+        raise ValueError(f"smudge_size must be 0 (no smudging) or an odd window in px. "
+                         f"Received: smudge_size={S['smudge_size']!r}")
+    for key in ("baselines_a", "baselines_b"):
+        for name in S[key]:
+            models.get_spec(name)  # raises for an unknown model
+    return S
 
 
 def setup_datasets(*, profile: str, data_dir: str, seed: int, out_dir: str, preset: str, settings: dict,
@@ -368,7 +395,8 @@ def _run_dataset(ctx, split, *, key, settings, steps, pretext_model):
     bs = int(settings["batch_size"])
     pooling = bool(settings["block_pooling"])
     fits = {}
-    scratch = training.recipe("study03", "finetune", epochs=ctx.epochs, batch_size=bs)
+    lr = float(settings["learning_rate"])
+    scratch = training.recipe("study03", "finetune", epochs=ctx.epochs, batch_size=bs, learning_rate=lr)
     fits[MODEL] = experiments.fit_evaluate(ctx, split, model=MODEL, experiment=exp, rec=scratch, steps=steps,
                                            model_options={"block_pooling": pooling}, record_as=MODEL)
     if pretext_model is not None:
@@ -378,7 +406,7 @@ def _run_dataset(ctx, split, *, key, settings, steps, pretext_model):
                                        record_as=PRETRAINED)
         fit.record["weights"] = f"rotation-pretext ({len(getattr(builder, 'copied', []))} layers copied)"
         fits[PRETRAINED] = fit
-    base = training.recipe("study03", "baseline", epochs=ctx.epochs, batch_size=bs)
+    base = training.recipe("study03", "baseline", epochs=ctx.epochs, batch_size=bs, learning_rate=lr)
     for name in settings[f"baselines_{key.lower()}"]:
         size = max(int(settings["baseline_size"]), models.get_spec(name).min_input_size)
         fits[name] = experiments.fit_evaluate(ctx, split, model=name, experiment=exp, rec=base, steps=steps,

@@ -94,7 +94,7 @@ def setup(*, profile: str, data_dir: str, seed: int, out_dir: str, settings: dic
         classes=2, preset=preset or settings["preset"], patients=settings["patients"],
         images_per_patient=settings["images_per_patient"], image_size=settings["image_size"],
         epochs=settings["epochs"], weights=weights, allow_random_init=allow_random_init)
-    ctx.steps = [(name, dict(params)) for name, params in INTENSITY[settings["intensity"]]]
+    ctx.steps = pipeline.intensity_steps(settings["intensity"])
     return ctx
 
 
@@ -414,8 +414,7 @@ def check_settings(settings: dict) -> None:
         raise ValueError(f"mask_models must be a subset of models {settings['models']}. Received: {unknown}")
     if int(settings["kfold"]) < 2:
         raise ValueError(f"kfold must be >= 2. Received: kfold={settings['kfold']!r}")
-    if settings["intensity"] not in INTENSITY:
-        raise ValueError(f"intensity must be one of {sorted(INTENSITY)}. Received: intensity={settings['intensity']!r}")
+    pipeline.intensity_steps(settings["intensity"])  # raises for an unknown setting
     for m in settings["models"]:
         models.get_spec(m)
 

@@ -61,8 +61,8 @@ of 0.5 / 0.75 / 1 that kept the global-statistics shortcut AUC below 0.65; with 
 on 400 patients resized to 96 px reached validation AUC 0.79, one seed, 100 images); knee counts are referenced to 1
 below the maximum attenuation (I0 is the count behind the soft tissue). The knee ROI is the
 enclosing box of a 1.2 x plateau-half-width by 0.9 x half-width rectangle starting 8 mm below the
-subchondral plate. dxa pixel = ``aBMD_v (1 + 0.15 F_{H_v})`` (+ 15 % in the pedicles) plus a
-BMI-scaled soft-tissue band.
+subchondral plate. dxa pixel = ``aBMD_v (1 + 0.6 F_{H_v})`` (1.2.0; 0.15 before, see
+``_DXA_TAU``; + 15 % in the pedicles) plus a BMI-scaled soft-tissue band.
 
 Imaging (5.4), all independent of class: pose (rotation +-20 / 8 / 3 deg for calcaneus / knee /
 dxa, translation +-5 %, scale 0.9-1.1, L/R flip from the side), I0 log-U [500, 1e4] /

@@ -21,6 +21,32 @@ def test_preprocessing_steps_follow_the_shared_pipeline():
     assert study03.preprocessing_steps(15) == [tuple(s) for s in pipeline.STUDY_STEPS["study03_smudged"]]
     assert study03.preprocessing_steps(0) == [tuple(s) for s in pipeline.STUDY_STEPS["study03"]]
     assert study03.preprocessing_steps(31)[-1] == ("smudge", {"size": 31})
+    assert study03.preprocessing_steps(15, "standardize")[-2:] == [("smudge", {"size": 15}), ("standardize", {})]
+    assert study03.preprocessing_steps(0, "standardize")[-1] == ("standardize", {})
+    with pytest.raises(ValueError, match="intensity must be one of"):
+        study03.preprocessing_steps(0, "zscore")
+
+
+def test_full_profile_keeps_the_paper_recipe_and_cpu_profiles_state_theirs():
+    full, quick = study03.resolve("full"), study03.resolve("quick")
+    assert (full["learning_rate"], full["intensity"], full["smudge_size"]) == (1e-4, "none", 15)
+    assert (quick["learning_rate"], quick["intensity"], quick["smudge_size"]) == (1e-3, "standardize", 0)
+    assert study03.resolve("full", smudge_size=-1)["smudge_size"] == 0  # -1 = no smudging
+    assert study03.resolve("quick", smudge_size=7)["smudge_size"] == 7
+    assert study03.resolve("quick", learning_rate=None)["learning_rate"] == 1e-3  # notebook 0.0 -> None
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"intensity": "zscore"}, "intensity must be one of"),
+    ({"learning_rate": 2.0}, "learning_rate must be in"),
+    ({"smudge_size": 8}, "smudge_size must be 0"),
+    ({"epochs": -1}, "epochs must be a positive integer"),
+    ({"baselines_a": "alexnet,nosuchnet"}, "nosuchnet"),
+    ({"patients": 10}, "unknown setting"),
+])
+def test_resolve_rejects_bad_settings_naming_them(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        study03.resolve("quick", **overrides)
 
 
 def _write(path, array):
@@ -111,3 +137,19 @@ def test_user_data_with_two_classes_skips_b_and_merge_keeps_a(tmp_path):
     ctxs["A"].results.append({"experiment": "A (2 classes)", "model": study03.MODEL, "accuracy": 0.5})
     run = study03.merge(ctxs, extra={"x": 1})
     assert len(run.results) == 1 and run.extra["x"] == 1 and list(run.extra["datasets"]) == ["A (2 classes)"]
+
+
+def test_paper_split_keeps_its_test_share_and_carves_validation_from_training(tmp_path):
+    _folder(tmp_path / "d", ["normal", "osteoporosis"], n=20)
+    ctxs, _ = study03.setup_datasets(profile="smoke", data_dir=str(tmp_path / "d"), seed=0,
+                                     out_dir=str(tmp_path / "out"), preset="default",
+                                     settings=study03.DEFAULTS["smoke"])
+    paper = study03.paper_split(ctxs["A"])
+    ours = study03.paper_split(ctxs["A"], val=0.15)
+    assert set(paper["split"]) == {"train", "test"}
+    assert set(ours["split"]) == {"train", "val", "test"}
+    assert (ours["split"] == "test").sum() == (paper["split"] == "test").sum() == 10
+    groups = {s: set(ours.loc[ours["split"] == s, "group"]) for s in ("train", "val", "test")}
+    assert not (groups["train"] & groups["val"]) and not (groups["val"] & groups["test"])
+    with pytest.raises(ValueError, match="val must be in"):
+        study03.paper_split(ctxs["A"], val=0.8)

@@ -121,6 +121,10 @@ def test_settings_profiles_and_recipes():
     assert study04.work_size({"image_size": 48, "transfer_models": ["resnet18"], "small_models": ["study04_model1"]}) == 94
     with pytest.raises(ValueError):
         study04.recipe_for(full, "approach9")
+    assert study04.steps(full) == []  # the paper: resize only
+    assert study04.steps(study04.DEFAULTS["quick"]) == [("standardize", {})]
+    with pytest.raises(ValueError, match="intensity must be one of"):
+        study04.steps({"intensity": "zscore"})
 
 
 def test_paper_tables_use_registry_experiment_names():

@@ -237,6 +237,27 @@ def _fmt(v, ci=None) -> str:
     return s
 
 
+def headline_records(study, results: list[dict]) -> list[tuple[dict, dict, str | None]]:
+    """The records a study's index row shows, each with the paper record it is compared with.
+
+    For each ``(experiment, model)`` of ``study.headline``: the records of exactly that pair, or,
+    when the run used another model for that experiment (a CPU profile's lighter model), every
+    record of the experiment, still beside the paper's figure for the headline model. A study
+    without a headline shows all its records (no paper figure). Returns
+    ``(record, paper record or {}, paper model or None)`` tuples.
+    """
+    if study is None:
+        return []
+    if not study.headline:
+        return [(r, {}, None) for r in results]
+    out = []
+    for exp, model in study.headline:
+        exact = [r for r in results if (r.get("experiment"), r.get("model")) == (exp, model)]
+        paper = next((p for p in study.paper if (p["experiment"], p["model"]) == (exp, model)), {})
+        out += [(r, paper, model) for r in exact or [r for r in results if r.get("experiment") == exp]]
+    return out
+
+
 def write_index(out: str | Path) -> Path:
     """Write ``OUT/index.html``: every study run with status, headline metrics + CIs, paper values."""
     out = Path(out)
@@ -251,16 +272,15 @@ def write_index(out: str | Path) -> Path:
             metrics = json.loads((folder / "metrics.json").read_text())
         study = STUDIES.get(folder.name)
         headline = []
-        for res in metrics.get("results", []):
+        for res, paper, paper_model in headline_records(study, metrics.get("results", [])):
             key = (res.get("experiment"), res.get("model"))
-            if study and key in study.headline or (study and not study.headline):
-                paper = next((p for p in study.paper if (p["experiment"], p["model"]) == key), {}) if study else {}
-                ci = (res.get("ci95") or {}).get("accuracy")
-                headline.append(
-                    f"{html.escape(str(key[0]))} / {html.escape(str(key[1]))} ({html.escape(str(res.get('protocol', '')))}): "
-                    f"acc {_fmt(res.get('accuracy'), ci)}, AUC {_fmt(res.get('auc'), (res.get('ci95') or {}).get('auc'))}"
-                    f"; paper acc {_fmt(paper.get('accuracy'))}"
-                )
+            ci = (res.get("ci95") or {}).get("accuracy")
+            other = f" ({html.escape(str(paper_model))})" if paper and paper_model != key[1] else ""
+            headline.append(
+                f"{html.escape(str(key[0]))} / {html.escape(str(key[1]))} ({html.escape(str(res.get('protocol', '')))}): "
+                f"acc {_fmt(res.get('accuracy'), ci)}, AUC {_fmt(res.get('auc'), (res.get('ci95') or {}).get('auc'))}"
+                f"; paper acc {_fmt(paper.get('accuracy'))}{other}"
+            )
         link = f"{folder.name}/{folder.name}.html"
         rows.append(
             f"<tr><td><a href='{html.escape(link)}'>{html.escape(folder.name)}</a></td>"

@@ -96,6 +96,19 @@ def test_index_lists_every_study_with_status(smoke_reports):
     assert "failed" not in re.findall(r"class='(\w+)'", index)
 
 
+def test_index_headline_falls_back_to_the_profile_model_beside_the_paper_figure():
+    study = STUDIES["02-bm3d-resnet50"]  # headline (bm3d, resnet50); the CPU profiles train compact_cnn
+    records = [{"experiment": "bm3d", "model": "compact_cnn", "accuracy": 0.5},
+               {"experiment": "no-denoise", "model": "compact_cnn", "accuracy": 0.4}]
+    rows = reports.headline_records(study, records)
+    assert [(r["model"], m) for r, _, m in rows] == [("compact_cnn", "resnet50")]
+    assert rows[0][1]["accuracy"] == next(p["accuracy"] for p in study.paper
+                                          if (p["experiment"], p["model"]) == ("bm3d", "resnet50"))
+    exact = reports.headline_records(study, records + [{"experiment": "bm3d", "model": "resnet50", "accuracy": 0.6}])
+    assert [r["model"] for r, _, _ in exact] == ["resnet50"]  # the paper's model wins when it ran
+    assert reports.headline_records(None, records) == []
+
+
 def test_failing_study_keeps_partial_report_and_fails_the_run(tmp_path):
     code = cli.main(["run", "01", "--profile", "smoke", "--out", str(tmp_path), "-p", "model_names=no_such_model"])
     assert code == 1

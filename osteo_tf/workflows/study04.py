@@ -80,9 +80,8 @@ vertebral texture, which a 64 px input averages away. Measured on 2 cores (synth
 0.914 [0.86, 0.97], accuracy 0.850 with ``intensity="standardize"`` (0.884 / 0.841 without) in
 45 s when run alone, and AUC 0.772 [0.66, 0.87] inside the notebook run (model 3: 0.853
 [0.77, 0.92]), where the runs before it change its initial weights; at 64 px on 400 patients its
-AUC was 0.55. ResNet-18 from random initialisation (approach
-1, 4 epochs, no ImageNet weights offline) stayed near chance (AUC 0.59): it is the paper's method
-only with ImageNet weights. Model 4 (its dense layer makes it the slowest) and the KerasTuner
+AUC was 0.55. ResNet-18 from random initialisation (approach 1, 4 epochs, no ImageNet weights
+offline) stayed near chance (AUC 0.59): it is the paper's method only with ImageNet weights. Model 4 (its dense layer makes it the slowest) and the KerasTuner
 search are left to ``full`` (``tuner_trials=0``; the smoke profile runs one trial to keep the code
 path tested): in the quick notebook run of 2026-12-01, 3 trials of 2 epochs at 128 px picked an
 architecture whose retraining took 179 s of the study's 403 s and reached AUC 0.54."""

@@ -124,8 +124,8 @@ def train(ctx: Context, split: pd.DataFrame, model: str, *, experiment: str, set
 def model_inputs(ctx: Context, manifest: pd.DataFrame, model: str) -> tuple[np.ndarray, np.ndarray]:
     """(grey (N, s, s) in [0, 1], model-ready (N, s, s, 3)) of a manifest at the context's size."""
     grey = experiments.load_images(manifest, ctx.image_size, steps=ctx.steps)
-    x = np.repeat(grey[..., None], 3, axis=-1)
-    return grey, np.asarray(models.get_spec(model).preprocess(x), dtype=np.float32)
+    x = pipeline.to_model_input(grey, channels=3, scale=models.get_spec(model).preprocess)
+    return grey, np.asarray(x, dtype=np.float32)
 
 
 def pick_test_images(split: pd.DataFrame, per_class: int, *, seed: int = 0) -> pd.DataFrame:

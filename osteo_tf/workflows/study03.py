@@ -64,12 +64,12 @@ steps, 20 epochs, no validation split): the multi-branch DCNN reached test accur
 mean filter averages away the fine trabecular texture that carries the synthetic label
 (synthetic-data.md), so smudging is a ``smudge_size`` parameter away, not part of the quick profile.
 Without the validation share the kept last epoch swung between 0.47 and 0.71 accuracy at the same
-AUC (0.79) from one run to the next. The quick notebook (``make reports`` on a fresh clone,
-2026-12-01, 343 s): A from scratch 0.670 [0.58, 0.76], with pretraining 0.707 [0.61, 0.80]
-(pretext accuracy 0.47, chance 0.25); B 0.426 [0.33, 0.53] and 0.352 [0.23, 0.47], chance 0.33.
-That run's AlexNet baseline (random initialisation, no ImageNet weights offline) stayed at chance,
-0.45 [0.33, 0.57], for 60 s of training, so the quick profile runs no baseline (``baselines_a``
-runs one; ``full`` runs all four)."""
+AUC (0.79) from one run to the next. The quick notebook as it stands (``make reports`` on a fresh
+clone, 2026-12-01, 272 s): A from scratch 0.670 [0.58, 0.76], with pretraining 0.707 [0.61, 0.80]
+(pretext accuracy 0.47, chance 0.25); B 0.386 [0.26, 0.51] and 0.403 [0.30, 0.51], chance 0.33.
+An earlier quick run with an AlexNet baseline (random initialisation, no ImageNet weights offline)
+had it at chance, 0.45 [0.33, 0.57], for 60 s of training (343 s for the study), so the quick
+profile runs no baseline (``baselines_a`` runs one; ``full`` runs all four)."""
 
 
 # ----------------------------------------------------------------------------------------------

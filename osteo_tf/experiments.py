@@ -219,6 +219,23 @@ def resolve_settings(defaults: dict[str, dict], profile: str, **overrides: Any) 
     return out
 
 
+def check_training_settings(settings: dict, *, positive: Sequence[str]) -> dict:
+    """The checks the studies' ``resolve`` functions share, in place: ``learning_rate`` (when
+    present) becomes a float in (0, 1), and every key of ``positive`` must be a positive integer.
+
+    Raises:
+        ValueError: naming the setting and the value received.
+    """
+    if "learning_rate" in settings:
+        settings["learning_rate"] = float(settings["learning_rate"])
+        if not 0.0 < settings["learning_rate"] < 1.0:
+            raise ValueError(f"learning_rate must be in (0, 1). Received: learning_rate={settings['learning_rate']!r}")
+    for key in positive:
+        if int(settings[key]) < 1:
+            raise ValueError(f"{key} must be a positive integer. Received: {key}={settings[key]!r}")
+    return settings
+
+
 def settings_table(settings: dict, defaults: dict[str, dict]) -> pd.DataFrame:
     """This run's settings beside the full (paper) profile's, so every difference is printed."""
     full = defaults.get("full", {})

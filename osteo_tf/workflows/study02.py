@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from osteo_tf import models, pipeline, preprocessing, training
-from osteo_tf.experiments import Context, FitResult, build_model, load_images, resolve_settings
+from osteo_tf.experiments import (Context, FitResult, build_model, check_training_settings, load_images,
+                                  resolve_settings)
 
 STUDY = "02-bm3d-resnet50"
 
@@ -132,16 +133,11 @@ def resolve(profile: str, **overrides: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown denoiser(s) {unknown}. Known: {sorted(DENOISERS)}")
     pipeline.intensity_steps(S["intensity"])  # raises for an unknown setting
-    S["learning_rate"] = float(S["learning_rate"])
-    if not 0.0 < S["learning_rate"] < 1.0:
-        raise ValueError(f"learning_rate must be in (0, 1). Received: learning_rate={S['learning_rate']!r}")
     if str(S["freeze"]) not in FREEZE_MODES:
         raise ValueError(f"freeze must be one of {FREEZE_MODES}. Received: freeze={S['freeze']!r}")
     models.get_spec(S["model"])  # raises for an unknown model
-    for key in ("image_size", "epochs", "batch_size", "patients", "denoise_images", "denoise_eval_size"):
-        if int(S[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer. Received: {key}={S[key]!r}")
-    return S
+    return check_training_settings(S, positive=("image_size", "epochs", "batch_size", "patients", "denoise_images",
+                                                "denoise_eval_size"))
 
 
 def images_per_patient(S: Mapping[str, Any]) -> int | None:

@@ -100,14 +100,9 @@ def resolve(profile: str, **overrides) -> dict:
     if S["smudge_size"] == -1:  # "no smudging" (0 keeps the profile default in a notebook)
         S["smudge_size"] = 0
     pipeline.intensity_steps(S["intensity"])  # raises for an unknown setting
-    S["learning_rate"] = float(S["learning_rate"])
-    if not 0.0 < S["learning_rate"] < 1.0:
-        raise ValueError(f"learning_rate must be in (0, 1). Received: learning_rate={S['learning_rate']!r}")
+    experiments.check_training_settings(S, positive=("patients_a", "patients_b", "unlabeled_patients", "image_size",
+                                                     "epochs", "pretrain_epochs", "batch_size"))
     _check_val(S["val"])
-    for key in ("patients_a", "patients_b", "unlabeled_patients", "image_size", "epochs", "pretrain_epochs",
-                "batch_size"):
-        if int(S[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer. Received: {key}={S[key]!r}")
     if int(S["smudge_size"]) < 0 or (int(S["smudge_size"]) and int(S["smudge_size"]) % 2 == 0):
         raise ValueError(f"smudge_size must be 0 (no smudging) or an odd window in px. "
                          f"Received: smudge_size={S['smudge_size']!r}")

@@ -69,9 +69,6 @@ patients): BM3D model test accuracy 0.51 (95% CI 0.41-0.61; chance 0.33), AUC 0.
 41 s of training; the no-denoise ablation 0.48 (0.38-0.59), AUC 0.70; 103 s for the whole
 notebook. ``model_name=resnet50`` restores the paper's backbone."""
 
-INTENSITY = pipeline.INTENSITY_STEPS
-"""``intensity`` setting -> the steps appended after the min-max scaling."""
-
 SPLIT = {"train": 0.70, "val": 0.15, "test": 0.15}
 """The methods section's 70/15/15 split (the results section says 80:20), grouped by patient."""
 
@@ -153,7 +150,7 @@ def pipeline_steps(S: Mapping[str, Any], *, denoise: bool = True) -> list[tuple[
 
     ``denoise=False`` drops BM3D (the ablation) and keeps everything else identical. A non-zero
     ``S["denoise_size"]`` resizes first so BM3D runs on small images (smoke/quick budgets);
-    ``S["intensity"]`` may append a per-image standardization (:data:`INTENSITY`).
+    ``S["intensity"]`` may append a per-image standardization (``pipeline.intensity_steps``).
     """
     steps = [(name, dict(params)) for name, params in pipeline.STUDY_STEPS["study02"]
              if denoise or name != "bm3d_denoise"]

@@ -63,9 +63,6 @@ patients and 12 epochs, 9 min 46 s). ``model_names="mobilenetv3small"`` restores
 family. Measured 2026-11-22 (``osteo-tf run 05 --profile quick``, generator 1.1.0): 192 s,
 test AUC 0.83 (95% CI 0.66-0.97), accuracy 0.63, on 30 test patients."""
 
-INTENSITY = pipeline.INTENSITY_STEPS
-"""``intensity`` setting -> deterministic preprocessing steps (``osteo_tf.preprocessing.STEPS``)."""
-
 SPLIT = {"val": 0.2, "test": 0.1}
 """The paper's 7:2:1 split (fractions of patients per class)."""
 

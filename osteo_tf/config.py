@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,58 +31,40 @@ def reports_dir() -> Path:
 
 @dataclass(frozen=True)
 class Profile:
-    """How much work a study run does.
+    """How a study run executes: the runtime switches every study of a profile shares.
+
+    What a profile means for one study (patients, image sizes, epochs, models) is written once,
+    beside that study's ``Settings`` (``osteo_tf.workflows.studyNN.Settings.PROFILES``).
 
     Attributes:
         name: ``smoke``, ``quick`` or ``full``.
         description: one line for reports and ``osteo-tf list``.
-        patients: synthetic patients generated per study.
-        image_size: square input size in pixels fed to the CNNs.
-        epochs: training epochs (studies may scale this).
-        max_models: how many of a study's models are trained (``None`` = all).
         mixed_precision: whether training switches on a mixed-precision policy.
         xla: whether ``jit_compile`` is used.
-        run_eagerly: train without tracing a graph (faster for a handful of tiny steps: a
-            traced MobileNetV2 step costs ~20 s to build on 2 CPU cores).
+        run_eagerly: train without tracing a graph (faster for a handful of tiny steps: tracing a
+            MobileNetV2 step takes tens of seconds on 2 CPU cores).
     """
 
     name: str
     description: str
-    patients: int
-    image_size: int
-    epochs: int
-    max_models: int | None
     mixed_precision: bool = False
     xla: bool = False
     run_eagerly: bool = False
-    extras: Mapping[str, Any] = field(default_factory=dict)
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke",
         "tiny synthetic data, a few steps: proves the plumbing, not the science (CI)",
-        patients=24,
-        image_size=64,
-        epochs=1,
-        max_models=2,
         run_eagerly=True,
     ),
     "quick": Profile(
         "quick",
         "synthetic data big enough to learn, small images and light models: all studies in ~20 min on 2 CPU cores",
-        patients=160,
-        image_size=96,
-        epochs=8,
-        max_models=3,
     ),
     "full": Profile(
         "full",
         "the paper protocols (image sizes, epochs, batch sizes, all models); meant for a GPU",
-        patients=400,
-        image_size=224,
-        epochs=30,
-        max_models=None,
         mixed_precision=True,
         xla=True,
     ),

@@ -1,11 +1,12 @@
 """Glue the study notebooks call: set up a run, fit and evaluate one model, write metrics.json.
 
-A notebook cell reads like the paper's methods section::
+Each study workflow wraps :func:`setup` in its own ``setup(settings, ...)``; a notebook reads like
+the paper's methods section::
 
-    ctx = experiments.setup("04-dxa-tbs", profile=profile, data_dir=data_dir, seed=seed, out_dir=out_dir)
-    split = splits.grouped_split(ctx.manifest, val=0.15, test=0.15, seed=seed)
-    run = experiments.fit_evaluate(ctx, split, model="resnet18", experiment="approach1",
-                                   rec=training.recipe("study04", "approach1", epochs=ctx.epochs))
+    S = study04.Settings.for_profile(profile, epochs=epochs)
+    ctx = study04.setup(S, data_dir=data_dir, out_dir=out_dir, seed=seed)
+    split = splits.grouped_split(ctx.manifest, val=0.15, test=0.15, seed=ctx.seed)
+    run = experiments.fit_evaluate(ctx, split, model="resnet18", experiment="approach1", rec=...)
 
 Everything that decides a number lives here or in the modules it calls, never in a notebook.
 """
@@ -23,11 +24,12 @@ import pandas as pd
 
 from osteo_tf import __version__
 from osteo_tf.config import Profile, data_dir as default_data_dir, get_profile, seed_everything
+from osteo_tf.settings import StudySettings
 
 
 @dataclass
 class Context:
-    """Everything a study run shares: profile, data, provenance, output folder."""
+    """Everything a study run shares: settings, profile, data, provenance, output folder."""
 
     study: str
     profile: Profile
@@ -36,8 +38,9 @@ class Context:
     class_names: list[str]
     data: dict
     out_dir: Path
-    image_size: int
-    epochs: int
+    image_size: int | None
+    epochs: int | None
+    settings: StudySettings | None = None
     weights: str = "imagenet"
     allow_random_init: bool = True
     results: list[dict] = field(default_factory=list)
@@ -47,11 +50,34 @@ class Context:
     steps: list = field(default_factory=list)
     """Deterministic preprocessing steps a study applies to every image (``preprocessing.STEPS``);
     studies that set it pass it to training, explanations and inference alike."""
+    subsets: dict[str, "Context | None"] = field(default_factory=dict)
+    """Contexts of the datasets a study runs separately (study 03: datasets A and B), by key."""
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    """Tables a study's setup computed for its report (study 04: how the labels were derived)."""
 
     @property
     def runs_dir(self) -> Path:
         """Where the training run folders of this study go."""
         return self.out_dir / "runs"
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """The built-in synthetic dataset a study generates when it is given no ``data_dir``.
+
+    Attributes:
+        mode: ``calcaneus``, ``knee`` or ``dxa`` (``osteo_tf.synthetic``).
+        classes: 2 or 3.
+        patients: patients to generate.
+        size: image side in px (``None``: the mode's native size).
+        images_per_patient: a fixed count, or ``None`` for the generator's 1 + Poisson(1.5).
+    """
+
+    mode: str
+    classes: int
+    patients: int
+    size: int | None = None
+    images_per_patient: int | None = None
 
 
 def versions() -> dict[str, str]:
@@ -101,68 +127,81 @@ def load_images(manifest: pd.DataFrame, size: int, *, steps: Sequence = ()) -> n
     return x[..., 0]
 
 
+def check_location(name: str, value: str | Path | None) -> Path | None:
+    """``data_dir`` / ``out_dir`` as a Path, or ``None``.
+
+    Raises:
+        ValueError: for an empty string (``None`` is how a caller asks for the default).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise ValueError(f"{name} must be a path, or None for the default. Received: {name}={value!r}")
+    return Path(value)
+
+
 def setup(
     study: str,
+    settings: StudySettings,
     *,
-    profile: str = "smoke",
-    data_dir: str | None = None,
+    data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
     seed: int = 0,
-    out_dir: str | None = None,
-    synthetic_mode: str | None = None,
-    classes: int | None = None,
-    preset: str = "default",
-    patients: int | None = None,
-    synth_size: int | None = None,
-    images_per_patient: int | None = None,
+    synthetic: Synthetic | None = None,
+    label_map: dict | None = None,
     image_size: int | None = None,
     epochs: int | None = None,
-    weights: str = "imagenet",
-    allow_random_init: bool = True,
-    label_map: dict | None = None,
 ) -> Context:
-    """Seed everything, resolve the profile, find or generate the data, record provenance.
+    """Seed everything, apply the profile's runtime, find or generate the data, record provenance.
+
+    The study workflows call this from their own ``setup(settings, ...)``.
 
     Args:
         study: the study name (``osteo_tf.studies``).
-        profile: "smoke", "quick" or "full".
-        data_dir: a dataset folder or manifest CSV of the user's; empty/None = synthetic default.
+        settings: the study's ``Settings`` (its ``profile``, ``preset``, ``weights`` and
+            ``allow_random_init`` are used here).
+        data_dir: a dataset folder or manifest CSV of the user's; ``None`` = ``synthetic``.
+        out_dir: the report folder (metrics.json, run folders); ``None`` = ``reports/<study>``.
         seed: global seed.
-        out_dir: the report folder (metrics.json, run folders); default ``reports/<study>``.
-        synthetic_mode, classes, preset, patients, synth_size, images_per_patient: synthetic
-            data options (defaults from the study and the profile; ``images_per_patient=None``
-            draws 1 + Poisson(1.5) images per patient).
-        image_size, epochs: override the profile's values (0/None = profile default).
-        weights, allow_random_init: ImageNet weights and whether a missing weights file may fall
-            back to random initialisation (stated in the report).
+        synthetic: the dataset to generate without ``data_dir`` (default: the study's mode and
+            classes, 100 patients).
         label_map: optional renaming of labels (e.g. {"partially_degraded": None} drops a class).
+        image_size, epochs: the context's model input size and epochs (default: the settings'
+            ``image_size`` and ``epochs`` fields, when it has them).
 
     Returns:
         A :class:`Context`.
+
+    Raises:
+        ValueError: an empty ``data_dir`` / ``out_dir`` string, an unknown study or profile.
     """
     from osteo_tf import datasets
     from osteo_tf.config import reports_dir
     from osteo_tf.studies import get_study
 
+    if not isinstance(settings, StudySettings):
+        raise TypeError(f"settings must be a study's Settings. Received: settings={settings!r}")
     st = get_study(study)
-    prof = get_profile(profile)
+    prof = get_profile(settings.profile)
+    data_path = check_location("data_dir", data_dir)
+    out_path = check_location("out_dir", out_dir)
     seed_everything(seed)
     if prof.mixed_precision:  # full profile: mixed_float16 on a GPU, mixed_bfloat16 on bf16 CPUs
         from osteo_tf import training
 
         training.configure_precision("auto")
-    out = Path(out_dir) if out_dir else reports_dir() / st.name
+    out = out_path or reports_dir() / st.name
     out.mkdir(parents=True, exist_ok=True)
-    if data_dir:
-        ds = datasets.find_dataset(data_dir)
-        source = str(Path(data_dir).resolve())
+    if data_path is not None:
+        ds = datasets.find_dataset(data_path)
+        source = str(data_path.resolve())
         provenance = ds.source + (": labels from the folder names" if ds.source == "folders" else ": labels from the manifest")
     else:
-        mode = synthetic_mode or st.synthetic_mode
-        n_classes = classes or st.classes
-        folder = synthetic_dataset(mode, classes=n_classes, patients=patients or prof.patients, preset=preset,
-                                   size=synth_size, seed=seed, images_per_patient=images_per_patient)
+        syn = synthetic or Synthetic(st.synthetic_mode, st.classes, 100)
+        folder = synthetic_dataset(syn.mode, classes=syn.classes, patients=syn.patients, preset=settings.preset,
+                                   size=syn.size, seed=seed, images_per_patient=syn.images_per_patient)
         ds = datasets.find_dataset(folder)
-        source = f"synthetic:{mode}/{preset}"
+        source = f"synthetic:{syn.mode}/{settings.preset}"
         provenance = ("synthetic generator (osteo_tf.synthetic): labels are the generator's latent class; "
                       "accuracy on it says nothing clinical")
     manifest = ds.manifest.copy()
@@ -178,10 +217,13 @@ def setup(
         "label_provenance": provenance,
         "n_unreadable": int(len(ds.quarantine)),
     }
+    size = image_size if image_size is not None else getattr(settings, "image_size", None)
+    n_epochs = epochs if epochs is not None else getattr(settings, "epochs", None)
     return Context(
         study=st.name, profile=prof, seed=seed, manifest=manifest, class_names=class_names, data=data,
-        out_dir=out, image_size=int(image_size or prof.image_size), epochs=int(epochs or prof.epochs),
-        weights=weights, allow_random_init=allow_random_init, quarantine=ds.quarantine, duplicates=ds.duplicates,
+        out_dir=out, image_size=None if size is None else int(size), epochs=None if n_epochs is None else int(n_epochs),
+        settings=settings, weights=settings.weights, allow_random_init=settings.allow_random_init,
+        quarantine=ds.quarantine, duplicates=ds.duplicates,
     )
 
 
@@ -193,66 +235,19 @@ def _class_order(name: str):
     return (_ORDER.get(name, 1), name)
 
 
-def resolve_settings(defaults: dict[str, dict], profile: str, **overrides: Any) -> dict:
-    """A study's settings for ``profile``, with notebook overrides applied.
-
-    Empty overrides (int ``0``, ``""``, ``None``; not ``False``) keep the profile default, so a notebook's parameters
-    cell can default to "use the profile". Comma-separated strings become lists for keys whose
-    default is a list.
-
-    Raises:
-        ValueError: unknown profile or override key.
-    """
-    if profile not in defaults:
-        raise ValueError(f"no settings for profile {profile!r}. Known: {sorted(defaults)}")
-    out = dict(defaults[profile])
-    unknown = sorted(set(overrides) - set(out))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}. Known: {sorted(out)}")
-    for key, value in overrides.items():
-        unset = value is None or value == "" or (type(value) is int and value == 0)
-        if unset or (isinstance(value, (list, tuple)) and not value):
-            continue
-        if isinstance(out[key], list) and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        out[key] = value
-    return out
-
-
-def check_training_settings(settings: dict, *, positive: Sequence[str]) -> dict:
-    """The checks the studies' ``resolve`` functions share, in place: ``learning_rate`` (when
-    present) becomes a float in (0, 1), and every key of ``positive`` must be a positive integer.
-
-    Raises:
-        ValueError: naming the setting and the value received.
-    """
-    if "learning_rate" in settings:
-        settings["learning_rate"] = float(settings["learning_rate"])
-        if not 0.0 < settings["learning_rate"] < 1.0:
-            raise ValueError(f"learning_rate must be in (0, 1). Received: learning_rate={settings['learning_rate']!r}")
-    for key in positive:
-        if int(settings[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer. Received: {key}={settings[key]!r}")
-    return settings
-
-
-def settings_table(settings: dict, defaults: dict[str, dict]) -> pd.DataFrame:
-    """This run's settings beside the full (paper) profile's, so every difference is printed."""
-    full = defaults.get("full", {})
-    rows = [{"setting": k, "this run": str(v), "paper protocol (full profile)": str(full.get(k, "")),
-             "differs": str(v) != str(full.get(k, v))} for k, v in settings.items()]
-    return pd.DataFrame(rows)
-
-
 def describe(ctx: Context) -> pd.DataFrame:
     """Parameters, seed, versions and provenance as a two-column table for the report."""
     rows = [("study", ctx.study), ("profile", f"{ctx.profile.name}: {ctx.profile.description}"),
-            ("seed", ctx.seed), ("image size", ctx.image_size), ("epochs", ctx.epochs),
-            ("weights", ctx.weights + (" (random init allowed when the file is missing)" if ctx.allow_random_init else "")),
-            ("data source", ctx.data["source"]), ("label provenance", ctx.data["label_provenance"]),
-            ("images / groups", f"{ctx.data['n_images']} / {ctx.data['n_groups']}"),
-            ("classes", ", ".join(f"{k}: {v}" for k, v in ctx.data["classes"].items())),
-            ("unreadable files skipped", ctx.data["n_unreadable"])]
+            ("seed", ctx.seed)]
+    if ctx.image_size is not None:
+        rows.append(("image size", ctx.image_size))
+    if ctx.epochs is not None:
+        rows.append(("epochs", ctx.epochs))
+    rows += [("weights", ctx.weights + (" (random init allowed when the file is missing)" if ctx.allow_random_init else "")),
+             ("data source", ctx.data["source"]), ("label provenance", ctx.data["label_provenance"]),
+             ("images / groups", f"{ctx.data['n_images']} / {ctx.data['n_groups']}"),
+             ("classes", ", ".join(f"{k}: {v}" for k, v in ctx.data["classes"].items())),
+             ("unreadable files skipped", ctx.data["n_unreadable"])]
     rows += [(f"version {k}", v) for k, v in versions().items()]
     return pd.DataFrame(rows, columns=["item", "value"]).astype(str)
 
@@ -454,14 +449,18 @@ def paper_comparison(ctx: Context, *, keys: Sequence[str] = ("accuracy", "sensit
 
 
 def finish(ctx: Context, *, paper: list[dict] | None = None, extra: dict | None = None) -> Path:
-    """Write ``metrics.json`` for this run (design.md format) and return its path."""
+    """Write ``metrics.json`` for this run (design.md format) and return its path.
+
+    The run's settings (``ctx.settings``) are recorded under ``"settings"``.
+    """
     from osteo_tf import evaluation
     from osteo_tf.studies import get_study
 
+    recorded = {"settings": ctx.settings.as_dict()} if ctx.settings is not None else {}
     doc = evaluation.metrics_document(
         study=ctx.study, profile=ctx.profile.name, seed=ctx.seed, data=ctx.data, versions=versions(),
         results=ctx.results, paper=paper if paper is not None else get_study(ctx.study).paper,
-        extra={**ctx.extra, **(extra or {})},
+        extra={**recorded, **ctx.extra, **(extra or {})},
     )
     path = ctx.out_dir / "metrics.json"
     evaluation.write_metrics_json(path, doc)

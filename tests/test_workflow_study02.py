@@ -6,51 +6,59 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osteo_tf import pipeline
 from osteo_tf.workflows import study02
 
 
 def test_every_profile_resolves_and_full_is_the_paper_protocol():
-    for profile in study02.DEFAULTS:
-        S = study02.resolve(profile)
-        assert S["model"] in ("resnet50", "compact_cnn")
-    full = study02.resolve("full")
-    assert full["model"] == "resnet50" and full["image_size"] == 224 and full["epochs"] == 30
-    assert full["denoise_size"] == 0, "the paper denoises before resizing"
-    assert full["intensity"] == "none" and full["learning_rate"] == 1e-4, "the paper: min-max only, the recipe's lr"
-    assert study02.images_per_patient(full) is None
+    for profile in study02.Settings.PROFILES:
+        S = study02.Settings.for_profile(profile)
+        assert S.model in ("resnet50", "compact_cnn")
+    full = study02.Settings.for_profile("full")
+    assert full.model == "resnet50" and full.image_size == 224 and full.epochs == 30
+    assert full.denoise_size == study02.NATIVE, "the paper denoises before resizing"
+    assert full.intensity == "none" and full.learning_rate == 1e-4, "the paper: min-max only, the recipe's lr"
+    assert full.images_per_patient == study02.POISSON
 
 
-def test_resolve_overrides_and_errors():
-    S = study02.resolve("smoke", noise_sigmas="0.02, 0.2", ablation="no", epochs=3, model="")
-    assert S["noise_sigmas"] == [0.02, 0.2] and S["ablation"] == "no" and S["epochs"] == 3
-    assert S["model"] == study02.DEFAULTS["smoke"]["model"]
-    with pytest.raises(ValueError, match="ablation"):
-        study02.resolve("smoke", ablation="maybe")
+def test_every_profile_sets_every_field_once():
+    fields = set(study02.Settings.field_names()) - {"preset", "weights", "allow_random_init"}
+    for profile, values in study02.Settings.PROFILES.items():
+        assert set(values) == fields, profile
+
+
+def test_settings_overrides_and_errors():
+    S = study02.Settings.for_profile("smoke", noise_sigmas="0.02, 0.2", ablation=False, epochs=3, model=None)
+    assert S.noise_sigmas == (0.02, 0.2) and S.ablation is False and S.epochs == 3
+    assert S.model == study02.Settings.PROFILES["smoke"]["model"]
+    with pytest.raises(ValueError, match=r"ablation must be bool. Received: ablation='maybe'"):
+        study02.Settings.for_profile("smoke", ablation="maybe")
     with pytest.raises(ValueError, match="noise_sigmas"):
-        study02.resolve("smoke", noise_sigmas="1.5")
+        study02.Settings.for_profile("smoke", noise_sigmas="1.5")
     with pytest.raises(ValueError, match="freeze"):
-        study02.resolve("smoke", freeze="half")
-    with pytest.raises(ValueError, match="denoiser"):
-        study02.resolve("smoke", denoisers="wiener")
-    with pytest.raises(ValueError):
-        study02.resolve("smoke", model="no_such_model")
+        study02.Settings.for_profile("smoke", freeze="half")
+    with pytest.raises(ValueError, match="denoisers"):
+        study02.Settings.for_profile("smoke", denoisers="wiener")
+    with pytest.raises(ValueError, match="no_such_model"):
+        study02.Settings.for_profile("smoke", model="no_such_model")
     with pytest.raises(ValueError, match="intensity"):
-        study02.resolve("smoke", intensity="gamma")
+        study02.Settings.for_profile("smoke", intensity="gamma")
     with pytest.raises(ValueError, match="learning_rate"):
-        study02.resolve("smoke", learning_rate=1.5)
-    assert study02.resolve("smoke", learning_rate=0.01)["learning_rate"] == 0.01
-    with pytest.raises(ValueError, match="unknown setting"):
-        study02.resolve("smoke", momentum=0.9)
+        study02.Settings.for_profile("smoke", learning_rate=1.5)
+    assert study02.Settings.for_profile("smoke", learning_rate=0.01).learning_rate == 0.01
+    with pytest.raises(ValueError, match="Unknown setting"):
+        study02.Settings.for_profile("smoke", momentum=0.9)
+    with pytest.raises(ValueError, match="denoise_size must be a positive integer or 'native'"):
+        study02.Settings.for_profile("smoke", denoise_size=0)
+    assert study02.Settings.for_profile("smoke", denoise_size="native").denoise_size == "native"
 
 
 def test_pipeline_steps_follow_study_steps_and_ablation_only_drops_bm3d():
-    full = study02.resolve("full")
-    assert study02.pipeline_steps(full) == [tuple(s) for s in pipeline.STUDY_STEPS["study02"]]
+    full = study02.Settings.for_profile("full")
+    assert study02.pipeline_steps(full) == [tuple(s) for s in study02.STEPS]
     assert [n for n, _ in study02.pipeline_steps(full, denoise=False)] == ["minmax_scale"]
-    smoke = study02.resolve("smoke")
+    smoke = study02.Settings.for_profile("smoke")
     steps = study02.pipeline_steps(smoke)
-    assert steps[0] == ("resize", {"size": smoke["denoise_size"]})
+    assert steps[0] == ("resize", {"size": smoke.denoise_size})
     assert [n for n, _ in steps[1:]] == ["bm3d_denoise", "minmax_scale", "standardize"]
     plain = study02.pipeline_steps(smoke, denoise=False)
     assert plain == [s for s in steps if s[0] != "bm3d_denoise"]
@@ -109,14 +117,14 @@ def test_precompute_without_expensive_steps_is_a_noop(tmp_path):
 
 
 def test_precompute_caches_bm3d(tmp_path):
-    from osteo_tf import preprocessing
+    from osteo_tf.cache import DiskCache
 
     m = _manifest(tmp_path, n_per_class=1)
-    cache = preprocessing.DiskCache(tmp_path / "cache")
+    cache = DiskCache(tmp_path / "cache")
     steps = [("resize", {"size": 32}), ("bm3d_denoise", {"profile": "lc", "sigma": 0.05}), ("minmax_scale", {})]
     first = study02.precompute(m, steps, n_jobs=1, cache=cache)
     assert first.cache_misses == 3 and first.unreadable == 0
-    again = study02.precompute(m, steps, n_jobs=1, cache=preprocessing.DiskCache(tmp_path / "cache"))
+    again = study02.precompute(m, steps, n_jobs=1, cache=DiskCache(tmp_path / "cache"))
     assert again.cache_hits == 3 and again.cache_misses == 0
 
 
@@ -194,10 +202,10 @@ def test_resolve_freeze_trains_all_layers_of_a_backbone_without_imagenet_weights
     assert study02.resolve_freeze(ctx, "resnet18", "all").trainable == "all"
     with pytest.raises(ValueError, match="mode"):
         study02.resolve_freeze(ctx, "resnet18", "some")
-    rec = study02.recipe(study02.resolve("smoke"), plan)
+    rec = study02.recipe(study02.Settings.for_profile("smoke"), plan)
     assert rec.trainable == "all" and rec.optimizer == "adam" and rec.epochs == 1
 
 
 def test_backbone_note_names_the_substitute():
-    assert "substitutes **resnet18**" in study02.backbone_note({"model": "resnet18"})
-    assert "as in the paper" in study02.backbone_note({"model": "resnet50"})
+    assert "substitutes **resnet18**" in study02.backbone_note(study02.Settings.for_profile("smoke", model="resnet18"))
+    assert "as in the paper" in study02.backbone_note(study02.Settings.for_profile("smoke", model="resnet50"))

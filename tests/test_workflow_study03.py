@@ -5,48 +5,51 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from osteo_tf import experiments, pipeline
 from osteo_tf.workflows import study03
 
 
-def test_defaults_have_the_same_keys_and_full_is_the_paper():
-    keys = set(study03.DEFAULTS["full"])
-    assert all(set(v) == keys for v in study03.DEFAULTS.values())
-    full = study03.DEFAULTS["full"]
-    assert full["image_size"] == 224 and full["block_pooling"] is False
-    assert set(full["baselines_a"]) == set(full["baselines_b"]) == {"alexnet", "vgg16", "resnet50", "xception"}
+def test_profiles_set_every_field_and_full_is_the_paper():
+    fields = set(study03.Settings.field_names()) - {"preset", "weights", "allow_random_init"}
+    assert all(set(v) == fields for v in study03.Settings.PROFILES.values())
+    full = study03.Settings.for_profile("full")
+    assert full.image_size == 224 and full.block_pooling is False
+    assert set(full.baselines_a) == set(full.baselines_b) == {"alexnet", "vgg16", "resnet50", "xception"}
 
 
 def test_preprocessing_steps_follow_the_shared_pipeline():
-    assert study03.preprocessing_steps(15) == [tuple(s) for s in pipeline.STUDY_STEPS["study03_smudged"]]
-    assert study03.preprocessing_steps(0) == [tuple(s) for s in pipeline.STUDY_STEPS["study03"]]
-    assert study03.preprocessing_steps(31)[-1] == ("smudge", {"size": 31})
-    assert study03.preprocessing_steps(15, "standardize")[-2:] == [("smudge", {"size": 15}), ("standardize", {})]
-    assert study03.preprocessing_steps(0, "standardize")[-1] == ("standardize", {})
+    smudged = [tuple(s) for s in study03.STEPS] + [("smudge", {"size": 15})]
+    assert study03.preprocessing_steps(smudge_size=15) == smudged
+    assert study03.preprocessing_steps() == [tuple(s) for s in study03.STEPS]
+    assert study03.preprocessing_steps(smudge_size=31)[-1] == ("smudge", {"size": 31})
+    assert study03.preprocessing_steps(smudge_size=15, intensity="standardize")[-2:] == [
+        ("smudge", {"size": 15}), ("standardize", {})]
+    assert study03.preprocessing_steps(intensity="standardize")[-1] == ("standardize", {})
     with pytest.raises(ValueError, match="intensity must be one of"):
-        study03.preprocessing_steps(0, "zscore")
+        study03.preprocessing_steps(intensity="zscore")
 
 
 def test_full_profile_keeps_the_paper_recipe_and_cpu_profiles_state_theirs():
-    full, quick = study03.resolve("full"), study03.resolve("quick")
-    assert (full["learning_rate"], full["intensity"], full["smudge_size"]) == (1e-4, "none", 15)
-    assert (quick["learning_rate"], quick["intensity"], quick["smudge_size"]) == (1e-3, "standardize", 0)
-    assert study03.resolve("full", smudge_size=-1)["smudge_size"] == 0  # -1 = no smudging
-    assert study03.resolve("quick", smudge_size=7)["smudge_size"] == 7
-    assert study03.resolve("quick", learning_rate=None)["learning_rate"] == 1e-3  # notebook 0.0 -> None
+    full, quick = study03.Settings.for_profile("full"), study03.Settings.for_profile("quick")
+    assert (full.learning_rate, full.intensity, full.smudge, full.smudge_size) == (1e-4, "none", True, 15)
+    assert (quick.learning_rate, quick.intensity, quick.smudge) == (1e-3, "standardize", False)
+    assert study03.steps(full)[-1] == ("smudge", {"size": 15})
+    no_smudge = study03.Settings.for_profile("full", smudge=False)
+    assert no_smudge.smudge is False and "smudge" not in [n for n, _ in study03.steps(no_smudge)]
+    assert study03.Settings.for_profile("quick", smudge=True, smudge_size=7).smudge_size == 7
+    assert study03.Settings.for_profile("quick", learning_rate=None).learning_rate == 1e-3  # None keeps the profile's
 
 
 @pytest.mark.parametrize("overrides,match", [
     ({"intensity": "zscore"}, "intensity must be one of"),
     ({"learning_rate": 2.0}, "learning_rate must be in"),
-    ({"smudge_size": 8}, "smudge_size must be 0"),
-    ({"epochs": -1}, "epochs must be a positive integer"),
+    ({"smudge_size": 8}, "smudge_size must be an odd window"),
+    ({"epochs": -1}, "epochs must be positive. Received: epochs=-1"),
     ({"baselines_a": "alexnet,nosuchnet"}, "nosuchnet"),
-    ({"patients": 10}, "unknown setting"),
+    ({"patients": 10}, "Unknown setting"),
 ])
-def test_resolve_rejects_bad_settings_naming_them(overrides, match):
+def test_settings_reject_bad_values_naming_them(overrides, match):
     with pytest.raises(ValueError, match=match):
-        study03.resolve("quick", **overrides)
+        study03.Settings.for_profile("quick", **overrides)
 
 
 def _write(path, array):
@@ -120,9 +123,8 @@ def _folder(root, classes, n=4):
 
 def test_user_data_with_three_classes_gives_a_and_b(tmp_path):
     _folder(tmp_path / "d", ["normal", "osteopenia", "osteoporosis"])
-    ctxs, note = study03.setup_datasets(profile="smoke", data_dir=str(tmp_path / "d"), seed=0,
-                                        out_dir=str(tmp_path / "out"), preset="default",
-                                        settings=study03.DEFAULTS["smoke"])
+    ctx = study03.setup(study03.Settings.for_profile("smoke"), data_dir=tmp_path / "d", out_dir=tmp_path / "out")
+    ctxs, note = ctx.subsets, ctx.extra["data_note"]
     assert ctxs["B"].class_names == ["normal", "osteopenia", "osteoporosis"]
     assert ctxs["A"].class_names == ["normal", "osteoporosis"]
     assert "dataset B" in note
@@ -130,9 +132,8 @@ def test_user_data_with_three_classes_gives_a_and_b(tmp_path):
 
 def test_user_data_with_two_classes_skips_b_and_merge_keeps_a(tmp_path):
     _folder(tmp_path / "d", ["normal", "osteoporosis"])
-    ctxs, note = study03.setup_datasets(profile="smoke", data_dir=str(tmp_path / "d"), seed=0,
-                                        out_dir=str(tmp_path / "out"), preset="default",
-                                        settings=study03.DEFAULTS["smoke"])
+    ctx = study03.setup(study03.Settings.for_profile("smoke"), data_dir=tmp_path / "d", out_dir=tmp_path / "out")
+    ctxs, note = ctx.subsets, ctx.extra["data_note"]
     assert ctxs["B"] is None and "skipped" in note
     ctxs["A"].results.append({"experiment": "A (2 classes)", "model": study03.MODEL, "accuracy": 0.5})
     run = study03.merge(ctxs, extra={"x": 1})
@@ -141,9 +142,7 @@ def test_user_data_with_two_classes_skips_b_and_merge_keeps_a(tmp_path):
 
 def test_paper_split_keeps_its_test_share_and_carves_validation_from_training(tmp_path):
     _folder(tmp_path / "d", ["normal", "osteoporosis"], n=20)
-    ctxs, _ = study03.setup_datasets(profile="smoke", data_dir=str(tmp_path / "d"), seed=0,
-                                     out_dir=str(tmp_path / "out"), preset="default",
-                                     settings=study03.DEFAULTS["smoke"])
+    ctxs = study03.setup(study03.Settings.for_profile("smoke"), data_dir=tmp_path / "d", out_dir=tmp_path / "out").subsets
     paper = study03.paper_split(ctxs["A"])
     ours = study03.paper_split(ctxs["A"], val=0.15)
     assert set(paper["split"]) == {"train", "test"}

@@ -69,8 +69,9 @@ def _tbs_manifest(tmp_path, n=12):
 def test_setup_derives_labels_from_a_tbs_manifest(tmp_path):
     csv = _tbs_manifest(tmp_path / "data")
     assert study04.is_tbs_manifest(csv) and study04.is_tbs_manifest(csv.parent)
-    S = study04.DEFAULTS["smoke"]
-    ctx, table = study04.setup(profile="smoke", data_dir=str(csv), out_dir=str(tmp_path / "out"), settings=S)
+    S = study04.Settings.for_profile("smoke")
+    ctx = study04.setup(S, data_dir=str(csv), out_dir=str(tmp_path / "out"))
+    table = ctx.tables["labels"]
     assert ctx.class_names == ["normal", "degraded"]
     assert ctx.data["classes"] == {"normal": 4, "degraded": 4}
     assert "derived from the 'tbs' column" in ctx.data["label_provenance"]
@@ -79,8 +80,9 @@ def test_setup_derives_labels_from_a_tbs_manifest(tmp_path):
 
 
 def test_setup_synthetic_keeps_the_paper_imbalance(tmp_path, monkeypatch):
-    S = dict(study04.DEFAULTS["smoke"], patients=16, synth_size=64)
-    ctx, table = study04.setup(profile="smoke", out_dir=str(tmp_path / "out"), settings=S)
+    S = study04.Settings.for_profile("smoke", patients=16, synth_size=64)
+    ctx = study04.setup(S, out_dir=str(tmp_path / "out"))
+    table = ctx.tables["labels"]
     assert ctx.class_names == ["normal", "degraded"]
     assert ctx.data["classes"]["normal"] == 8 and ctx.data["classes"]["degraded"] == 2  # floor(.25*8/.75)
     assert table["generator label agrees"].all()
@@ -88,8 +90,8 @@ def test_setup_synthetic_keeps_the_paper_imbalance(tmp_path, monkeypatch):
 
 
 def test_augment_offline_balances_train_and_val_and_never_touches_test(tmp_path):
-    S = dict(study04.DEFAULTS["smoke"], patients=24, synth_size=64)
-    ctx, _ = study04.setup(profile="smoke", out_dir=str(tmp_path / "out"), settings=S)
+    S = study04.Settings.for_profile("smoke", patients=24, synth_size=64)
+    ctx = study04.setup(S, out_dir=str(tmp_path / "out"))
     from osteo_tf import splits
 
     split = splits.grouped_split(ctx.manifest, val=0.2, test=0.3, seed=0)
@@ -107,24 +109,29 @@ def test_augment_offline_balances_train_and_val_and_never_touches_test(tmp_path)
 
 
 def test_settings_profiles_and_recipes():
-    for profile, S in study04.DEFAULTS.items():
-        assert set(S) == set(study04.DEFAULTS["full"]), profile
-        assert set(S["approaches"]) <= {"approach1", "approach2", "approach3"}
-    full = study04.DEFAULTS["full"]
-    assert full["transfer_models"] == ["resnet18", "alexnet", "vgg16", "densenet121", "squeezenet"]
-    assert full["image_size"] == 224 and full["approach1_epochs"] == 50 and full["approach2_epochs"] == 20
+    fields = set(study04.Settings.field_names()) - {"preset", "weights", "allow_random_init"}
+    for profile, values in study04.Settings.PROFILES.items():
+        assert set(values) == fields, profile
+        assert set(study04.Settings.for_profile(profile).approaches) <= {"approach1", "approach2", "approach3"}
+    full = study04.Settings.for_profile("full")
+    assert full.transfer_models == ("resnet18", "alexnet", "vgg16", "densenet121", "squeezenet")
+    assert full.image_size == 224 and full.approach1_epochs == 50 and full.approach2_epochs == 20
     r = study04.recipe_for(full, "approach1")
     assert (r.batch_size, r.learning_rate, r.momentum, r.epochs) == (24, 1e-4, 0.9, 50)
     r4 = study04.recipe_for(full, "approach3", "study04_model4")
     assert (r4.batch_size, r4.learning_rate, r4.epochs, r4.patience) == (48, 1e-4, 200, 15)
-    assert study04.model_size(study04.DEFAULTS["smoke"], "study04_model1") == 94
-    assert study04.work_size({"image_size": 48, "transfer_models": ["resnet18"], "small_models": ["study04_model1"]}) == 94
+    smoke = study04.Settings.for_profile("smoke")
+    assert study04.model_size(smoke, "study04_model1") == 94
+    assert study04.work_size(smoke.replace(image_size=48, transfer_models=("resnet18",),
+                                           small_models=("study04_model1",))) == 94
     with pytest.raises(ValueError):
         study04.recipe_for(full, "approach9")
     assert study04.steps(full) == []  # the paper: resize only
-    assert study04.steps(study04.DEFAULTS["quick"]) == [("standardize", {})]
+    assert study04.steps(study04.Settings.for_profile("quick")) == [("standardize", {})]
     with pytest.raises(ValueError, match="intensity must be one of"):
-        study04.steps({"intensity": "zscore"})
+        study04.Settings.for_profile("quick", intensity="zscore")
+    with pytest.raises(ValueError, match="approaches must be one of"):
+        study04.Settings.for_profile("quick", approaches="approach1,approach9")
 
 
 def test_paper_tables_use_registry_experiment_names():

@@ -8,42 +8,115 @@ the untouched originals of the held-out sources.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from osteo_tf import augment, evaluation, io, splits
-from osteo_tf.experiments import Context, FitResult, fit_evaluate, load_images
+from osteo_tf import augment, evaluation, experiments, io, settings as _settings, splits
+from osteo_tf.experiments import Context, FitResult, Synthetic, fit_evaluate, load_images
+from osteo_tf.training import Recipe
 
-DEFAULTS = {
-    "smoke": {"models": ["study01_cnn", "resnet18"], "sets": ["N", "C"], "image_size": 32, "epochs": 1,
-              "patients": 16, "kfold": 2, "kfold_models": ["study01_cnn"], "batch_size": 16,
-              "optimizer": "adam", "learning_rate": 1e-3},
-    "quick": {"models": ["study01_cnn", "resnet18"], "sets": ["N", "C"], "image_size": 48,
-              "epochs": 4, "patients": 174, "kfold": 3, "kfold_models": ["study01_cnn"], "batch_size": 16,
-              "optimizer": "adam", "learning_rate": 1e-3},
-    "full": {"models": ["alexnet", "googlenet", "resnet50", "mobilenetv2", "inceptionv3", "study01_cnn"],
-             "sets": ["N", "A", "B", "C"], "image_size": 224, "epochs": 20, "patients": 174, "kfold": 3,
-             "kfold_models": ["alexnet", "googlenet", "resnet50", "mobilenetv2", "inceptionv3", "study01_cnn"],
-             "batch_size": 5, "optimizer": "sgd", "learning_rate": 1e-4},
-}
-"""Per-profile settings. The paper: 174 patients (one ROI each), 20 epochs, mini-batch 5, SGD with
-momentum at lr 1e-4 fine-tuning ImageNet weights, each transfer model at its own input size
-(AlexNet 227, InceptionV3 299, others 224). The CPU profiles train from random initialisation (no
-ImageNet weights offline), where SGD at 1e-4 barely moves in a few epochs (measured: MobileNetV2 stayed
-at chance after 5 epochs), so they use Adam at 1e-3 instead. The quick profile runs the two ends
-of the augmentation ladder (N and C: E1 and E4) to fit its time budget; ``sets="N,A,B,C"`` runs all.
-Measured on 2 cores with sets N/A/B/C at 64 px: about 10 minutes, mostly ResNet-18.
-
-The quick profile uses the paper's 174 patients (34 clean test patients): with 64 (12 test
-patients) every clean-protocol CI spanned about [0.25, 0.75] and said nothing. Measured
-2026-12-01 (``osteo-tf run 01 --profile quick``, 235 s against 144 s at 64 patients), clean
-protocol: E4 AUC 0.77 (study01_cnn) and 0.70 (ResNet-18), E7 pooled 3-fold AUC 0.64 [0.55, 0.72];
-paper protocol: E4 AUC 0.965 and 0.85, E7 0.87."""
-
+STUDY = "01-calcaneus-augmentation"
 SETS = ("N", "A", "B", "C")
+OPTIMIZERS = ("sgd", "adam")
+
+RECIPES: dict[str, Recipe] = {
+    "transfer": Recipe("sgd", 1e-4, 0.9, 5, 20, None, "val_loss", "all",
+                       source="study 01: SGD with momentum, lr 1e-4, mini-batch 5, 20 epochs, all layers "
+                              "trainable (momentum value not given; 0.9 assumed)"),
+    "small_cnn": Recipe("sgd", 1e-4, 0.9, 5, 20, None, "val_loss", "all",
+                        source="study 01: small CNN from scratch, same optimizer settings"),
+}
+"""The paper's training recipes: the transfer models, and the small CNN trained from scratch."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(_settings.StudySettings):
+    """Study 01's settings.
+
+    Attributes:
+        models: registry models of E1-E4 (each on every set, both protocols) and the E6 vote.
+        sets: offline augmentation sets to run (``N``, ``A``, ``B``, ``C``).
+        image_size: square model input in px.
+        epochs: training epochs.
+        patients: synthetic patients (one ROI each, as in the paper).
+        kfold: folds of E7.
+        kfold_models: models cross-validated in E7.
+        batch_size: mini-batch size.
+        optimizer: ``sgd`` (the paper, with momentum) or ``adam``.
+        learning_rate: the optimizer's learning rate.
+
+    The paper: 174 patients (one ROI each), 20 epochs, mini-batch 5, SGD with momentum at lr 1e-4
+    fine-tuning ImageNet weights, each transfer model at its own input size (AlexNet 227,
+    InceptionV3 299, others 224). The CPU profiles train from random initialisation (no ImageNet
+    weights offline), where SGD at 1e-4 barely moves in a few epochs, so they use Adam at 1e-3.
+    The quick profile runs the two ends of the augmentation ladder (N and C: E1 and E4) on the
+    paper's 174 patients (fewer test patients leave every clean-protocol CI spanning chance);
+    ``sets="N,A,B,C"`` runs all four.
+    """
+
+    models: tuple[str, ...]
+    sets: tuple[str, ...]
+    image_size: int
+    epochs: int
+    patients: int
+    kfold: int
+    kfold_models: tuple[str, ...]
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+
+    PROFILES = {
+        "smoke": {"models": ("study01_cnn", "resnet18"), "sets": ("N", "C"), "image_size": 32, "epochs": 1,
+                  "patients": 16, "kfold": 2, "kfold_models": ("study01_cnn",), "batch_size": 16,
+                  "optimizer": "adam", "learning_rate": 1e-3},
+        "quick": {"models": ("study01_cnn", "resnet18"), "sets": ("N", "C"), "image_size": 48,
+                  "epochs": 4, "patients": 174, "kfold": 3, "kfold_models": ("study01_cnn",), "batch_size": 16,
+                  "optimizer": "adam", "learning_rate": 1e-3},
+        "full": {"models": ("alexnet", "googlenet", "resnet50", "mobilenetv2", "inceptionv3", "study01_cnn"),
+                 "sets": ("N", "A", "B", "C"), "image_size": 224, "epochs": 20, "patients": 174, "kfold": 3,
+                 "kfold_models": ("alexnet", "googlenet", "resnet50", "mobilenetv2", "inceptionv3", "study01_cnn"),
+                 "batch_size": 5, "optimizer": "sgd", "learning_rate": 1e-4},
+    }
+
+    def check(self) -> None:
+        _settings.positive(self, "image_size", "epochs", "patients", "batch_size")
+        _settings.not_empty(self, "models", "sets")
+        _settings.choice(self, "sets", SETS)
+        _settings.model_names(self, "models", "kfold_models")
+        _settings.choice(self, "optimizer", OPTIMIZERS)
+        _settings.in_range(self, "learning_rate", 0.0, 1.0)
+        if self.kfold < 2:
+            raise ValueError(f"kfold must be at least 2. Received: kfold={self.kfold!r}")
+
+
+def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
+          seed: int = 0) -> Context:
+    """Seed, find or generate the data (synthetic calcaneus, one ROI per patient), record provenance.
+
+    Args:
+        settings: this run's :class:`Settings`.
+        data_dir: a dataset folder or manifest CSV; ``None`` for the synthetic calcaneus data.
+        out_dir: the report folder; ``None`` for ``reports/<study>``.
+        seed: global seed.
+    """
+    return experiments.setup(STUDY, settings, data_dir=data_dir, out_dir=out_dir, seed=seed,
+                             synthetic=Synthetic("calcaneus", 2, settings.patients, images_per_patient=1))
+
+
+def recipe(settings: Settings, model: str) -> Recipe:
+    """The recipe ``model`` trains with: the small-CNN recipe for the studies' own CNNs, the
+    transfer recipe otherwise, with this run's epochs, batch size, optimizer and learning rate."""
+    from osteo_tf import models
+
+    base = RECIPES["small_cnn" if models.get_spec(model).family == "study" else "transfer"]
+    return replace(base, epochs=settings.epochs, batch_size=settings.batch_size, optimizer=settings.optimizer,
+                   learning_rate=settings.learning_rate)
+
+
 PROTOCOLS = ("paper", "clean")
 EXPERIMENT_OF_SET = {"N": "E1", "A": "E2", "B": "E3", "C": "E4"}
 

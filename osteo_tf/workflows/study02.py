@@ -9,7 +9,7 @@ What this module adds:
 
 * :func:`denoising_benchmark`: clean images plus Gaussian noise of KNOWN sigma, then PSNR / SSIM /
   seconds per image for BM3D and cheaper denoisers (non-local means, Gaussian, mean, median);
-* :func:`pipeline_steps` / :func:`precompute`: the study's preprocessing (``STUDY_STEPS["study02"]``),
+* :func:`pipeline_steps` / :func:`precompute`: the study's preprocessing (:data:`STEPS`),
   BM3D run once per image in a process pool through the content-addressed disk cache;
 * :func:`resolve_freeze`: the paper's "early layers frozen" (143 of ResNet50's 174 backbone layers)
   mapped onto the backbone that actually runs, or "all" when the weights are random;
@@ -21,53 +21,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from osteo_tf import models, pipeline, preprocessing, training
-from osteo_tf.experiments import (Context, FitResult, build_model, check_training_settings, load_images,
-                                  resolve_settings)
+from osteo_tf import experiments, models, pipeline, preprocessing, settings as _settings
+from osteo_tf.cache import DiskCache, cached_apply_steps
+from osteo_tf.experiments import Context, FitResult, Synthetic, build_model, load_images
+from osteo_tf.training import Recipe
 
 STUDY = "02-bm3d-resnet50"
-
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "smoke": {"model": "compact_cnn", "image_size": 32, "epochs": 1, "batch_size": 16, "patients": 18,
-              "images_per_patient": 1, "denoise_size": 32, "freeze": "auto", "ablation": "yes",
-              "intensity": "standardize", "learning_rate": 1e-3,
-              "noise_sigmas": [0.05, 0.1], "denoise_images": 2, "denoise_eval_size": 64,
-              "denoisers": ["bm3d_lc", "nlmeans", "gaussian", "mean", "median"]},
-    "quick": {"model": "compact_cnn", "image_size": 96, "epochs": 30, "batch_size": 16, "patients": 600,
-              "images_per_patient": 1, "denoise_size": 96, "freeze": "auto", "ablation": "yes",
-              "intensity": "standardize", "learning_rate": 1e-3,
-              "noise_sigmas": [0.05, 0.1], "denoise_images": 3, "denoise_eval_size": 128,
-              "denoisers": ["bm3d_lc", "nlmeans", "gaussian", "mean", "median"]},
-    "full": {"model": "resnet50", "image_size": 224, "epochs": 30, "batch_size": 32, "patients": 400,
-             "images_per_patient": 0, "denoise_size": 0, "freeze": "auto", "ablation": "yes",
-             "intensity": "none", "learning_rate": 1e-4,
-             "noise_sigmas": [0.05, 0.1], "denoise_images": 20, "denoise_eval_size": 256,
-             "denoisers": ["bm3d_lc", "bm3d_lc_est", "bm3d_np", "nlmeans", "gaussian", "mean", "median"]},
-}
-"""Per-profile settings. The paper: 3020 images (1200 / 950 / 870), 224 px, ResNet50 with early
-layers frozen, ~30 epochs (batch size and optimizer not stated: the recipe assumes Adam 1e-4,
-batch 32). ``denoise_size`` = resize to this many px BEFORE BM3D (0 = denoise at the native
-resolution, then resize: the paper's order; BM3D costs ~0.4 s per call even on tiny images here,
-~3 s at 224 px on one core). ``images_per_patient`` 0 = the generator's 1 + Poisson(1.5).
-``freeze``: "auto" (the paper's freeze with pretrained weights, all layers trainable with random
-init), "paper" or "all". ``denoise_eval_size``: px of the images of the denoising benchmark.
-``intensity``: "none" (the paper: min-max only) or "standardize" (a per-image z-score after the
-min-max, ``preprocessing.standardize``). ``learning_rate``: Adam's (the recipe's 1e-4 is for
-fine-tuning pretrained weights).
-
-The CPU profiles train ``compact_cnn`` (61k parameters, not from the paper) from scratch with
-``intensity="standardize"`` and Adam 1e-3: ResNet-18 from random initialisation stayed at chance
-on the synthetic 3-class knee (accuracy 0.39 and 0.28, 120 patients at 64 px, 8 epochs, measured
-2026-11-22). Measured 2026-12-01 (``osteo-tf run 02 --profile quick``, 600 patients, 90 test
-patients): BM3D model test accuracy 0.51 (95% CI 0.41-0.61; chance 0.33), AUC 0.73 (0.66-0.81),
-41 s of training; the no-denoise ablation 0.48 (0.38-0.59), AUC 0.70; 103 s for the whole
-notebook. ``model_name=resnet50`` restores the paper's backbone."""
 
 SPLIT = {"train": 0.70, "val": 0.15, "test": 0.15}
 """The methods section's 70/15/15 split (the results section says 80:20), grouped by patient."""
@@ -101,62 +67,135 @@ DENOISERS: dict[str, tuple[str, Callable[[np.ndarray, float], np.ndarray]]] = {
 # ----------------------------------------------------------------------------------------------
 # Settings
 # ----------------------------------------------------------------------------------------------
-def _yes_no(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("yes", "true", "1", "on"):
-        return True
-    if text in ("no", "false", "0", "off"):
-        return False
-    raise ValueError(f"{name} must be 'yes' or 'no'. Received: {name}={value!r}")
+RECIPES: dict[str, Recipe] = {
+    "finetune": Recipe("adam", 1e-4, 0.0, 32, 30, None, "val_loss", 143,
+                       source="study 02: ResNet50 early layers frozen (first 143 layers = up to conv4), ~30 epochs; "
+                              "optimizer not stated, Adam 1e-4 assumed"),
+}
+"""The paper's fine-tuning recipe (batch size and optimizer are not stated: Adam 1e-4, batch 32)."""
+
+STEPS: tuple[tuple[str, dict], ...] = (("bm3d_denoise", {"profile": "lc"}), ("minmax_scale", {}))
+"""The paper's deterministic preprocessing, before the resize to the model input: BM3D
+(low-complexity profile, sigma estimated per image), then min-max scaling to [0, 1]."""
+
+POISSON = "poisson"
+"""``images_per_patient`` of the generator's 1 + Poisson(1.5) images per patient."""
+
+NATIVE = "native"
+"""``denoise_size`` of denoising at the native resolution, then resizing (the paper's order)."""
 
 
-def resolve(profile: str, **overrides: Any) -> dict[str, Any]:
-    """This run's settings: :data:`DEFAULTS` of ``profile`` with the notebook's overrides.
+@dataclass(frozen=True, kw_only=True)
+class Settings(_settings.StudySettings):
+    """Study 02's settings.
 
-    Empty overrides keep the profile default; ``noise_sigmas`` and ``denoisers`` accept
-    comma-separated strings; ``ablation`` accepts "yes"/"no".
+    Attributes:
+        model: the registry backbone (the paper: ``resnet50``).
+        image_size: square model input in px.
+        epochs, batch_size: training epochs and mini-batch size.
+        learning_rate: Adam's learning rate (1e-4 fine-tunes pretrained weights; the CPU profiles
+            train from scratch at 1e-3).
+        patients: synthetic patients.
+        images_per_patient: synthetic images per patient, or ``"poisson"`` (1 + Poisson(1.5)).
+        denoise_size: px to resize to BEFORE BM3D, or ``"native"`` to denoise at the native
+            resolution and resize afterwards (the paper's order; BM3D then costs seconds per image).
+        freeze: ``auto`` (the paper's freeze with pretrained weights, every layer trainable with
+            random init), ``paper`` or ``all`` (:func:`resolve_freeze`).
+        ablation: also train the same model without BM3D.
+        intensity: ``none`` (the paper: min-max only) or ``standardize`` (a per-image z-score after
+            the min-max, ``preprocessing.standardize``).
+        noise_sigmas: noise levels of the denoising benchmark, in [0, 1] units.
+        denoise_images: images of the denoising benchmark.
+        denoise_eval_size: px of the images of the denoising benchmark.
+        denoisers: the benchmark's denoisers (:data:`DENOISERS`).
 
-    Raises:
-        ValueError: unknown profile, setting, model, freeze mode or denoiser, or a bad value.
+    The paper: 3020 images (1200 / 950 / 870), 224 px, ResNet50 with early layers frozen, ~30
+    epochs. The CPU profiles train ``compact_cnn`` (61k parameters, not from the paper) from
+    scratch with ``intensity="standardize"`` and Adam 1e-3, because ResNet-18 from random
+    initialisation stays at chance on the synthetic 3-class knee at CPU budgets;
+    ``model="resnet50"`` restores the paper's backbone.
     """
-    S = resolve_settings(DEFAULTS, profile, **overrides)
-    S["ablation"] = "yes" if _yes_no(S["ablation"], "ablation") else "no"
-    S["noise_sigmas"] = [float(s) for s in S["noise_sigmas"]]
-    if not S["noise_sigmas"] or any(not 0.0 < s < 1.0 for s in S["noise_sigmas"]):
-        raise ValueError(f"noise_sigmas must be numbers in (0, 1). Received: noise_sigmas={S['noise_sigmas']!r}")
-    unknown = sorted(set(S["denoisers"]) - set(DENOISERS))
-    if unknown:
-        raise ValueError(f"unknown denoiser(s) {unknown}. Known: {sorted(DENOISERS)}")
-    pipeline.intensity_steps(S["intensity"])  # raises for an unknown setting
-    if str(S["freeze"]) not in FREEZE_MODES:
-        raise ValueError(f"freeze must be one of {FREEZE_MODES}. Received: freeze={S['freeze']!r}")
-    models.get_spec(S["model"])  # raises for an unknown model
-    return check_training_settings(S, positive=("image_size", "epochs", "batch_size", "patients", "denoise_images",
-                                                "denoise_eval_size"))
+
+    model: str
+    image_size: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    patients: int
+    images_per_patient: int | str
+    denoise_size: int | str
+    freeze: str
+    ablation: bool
+    intensity: str
+    noise_sigmas: tuple[float, ...]
+    denoise_images: int
+    denoise_eval_size: int
+    denoisers: tuple[str, ...]
+
+    PROFILES = {
+        "smoke": {"model": "compact_cnn", "image_size": 32, "epochs": 1, "batch_size": 16, "patients": 18,
+                  "images_per_patient": 1, "denoise_size": 32, "freeze": "auto", "ablation": True,
+                  "intensity": "standardize", "learning_rate": 1e-3,
+                  "noise_sigmas": (0.05, 0.1), "denoise_images": 2, "denoise_eval_size": 64,
+                  "denoisers": ("bm3d_lc", "nlmeans", "gaussian", "mean", "median")},
+        "quick": {"model": "compact_cnn", "image_size": 96, "epochs": 30, "batch_size": 16, "patients": 600,
+                  "images_per_patient": 1, "denoise_size": 96, "freeze": "auto", "ablation": True,
+                  "intensity": "standardize", "learning_rate": 1e-3,
+                  "noise_sigmas": (0.05, 0.1), "denoise_images": 3, "denoise_eval_size": 128,
+                  "denoisers": ("bm3d_lc", "nlmeans", "gaussian", "mean", "median")},
+        "full": {"model": "resnet50", "image_size": 224, "epochs": 30, "batch_size": 32, "patients": 400,
+                 "images_per_patient": POISSON, "denoise_size": NATIVE, "freeze": "auto", "ablation": True,
+                 "intensity": "none", "learning_rate": 1e-4,
+                 "noise_sigmas": (0.05, 0.1), "denoise_images": 20, "denoise_eval_size": 256,
+                 "denoisers": ("bm3d_lc", "bm3d_lc_est", "bm3d_np", "nlmeans", "gaussian", "mean", "median")},
+    }
+
+    def check(self) -> None:
+        _settings.positive(self, "image_size", "epochs", "batch_size", "patients", "denoise_images",
+                           "denoise_eval_size")
+        _settings.in_range(self, "learning_rate", 0.0, 1.0)
+        _settings.model_names(self, "model")
+        _settings.choice(self, "freeze", FREEZE_MODES)
+        _settings.choice(self, "intensity", tuple(pipeline.INTENSITY_STEPS))
+        _settings.not_empty(self, "noise_sigmas")
+        if any(not 0.0 < s < 1.0 for s in self.noise_sigmas):
+            raise ValueError(f"noise_sigmas must be numbers in (0, 1). Received: noise_sigmas={self.noise_sigmas!r}")
+        _settings.choice(self, "denoisers", tuple(DENOISERS))
+        for name, named in (("images_per_patient", POISSON), ("denoise_size", NATIVE)):
+            value = getattr(self, name)
+            if value != named and not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive integer or {named!r}. Received: {name}={value!r}")
 
 
-def images_per_patient(S: Mapping[str, Any]) -> int | None:
-    """``setup``'s images_per_patient: None (1 + Poisson(1.5)) when the setting is 0."""
-    return int(S["images_per_patient"]) or None
+def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
+          seed: int = 0) -> Context:
+    """Seed, find or generate the data (synthetic knee, 3 classes), record provenance.
+
+    Args:
+        settings: this run's :class:`Settings`.
+        data_dir: a dataset folder or manifest CSV with 3 classes; ``None`` for the synthetic knee.
+        out_dir: the report folder; ``None`` for ``reports/<study>``.
+        seed: global seed.
+    """
+    per_patient = None if settings.images_per_patient == POISSON else settings.images_per_patient
+    return experiments.setup(STUDY, settings, data_dir=data_dir, out_dir=out_dir, seed=seed,
+                             synthetic=Synthetic("knee", 3, settings.patients, images_per_patient=per_patient))
 
 
 # ----------------------------------------------------------------------------------------------
 # Preprocessing
 # ----------------------------------------------------------------------------------------------
-def pipeline_steps(S: Mapping[str, Any], *, denoise: bool = True) -> list[tuple[str, dict]]:
-    """The study's preprocessing steps (``pipeline.STUDY_STEPS["study02"]``: BM3D then min-max).
+def pipeline_steps(S: Settings, *, denoise: bool = True) -> list[tuple[str, dict]]:
+    """The study's preprocessing steps (:data:`STEPS`: BM3D then min-max).
 
-    ``denoise=False`` drops BM3D (the ablation) and keeps everything else identical. A non-zero
-    ``S["denoise_size"]`` resizes first so BM3D runs on small images (smoke/quick budgets);
-    ``S["intensity"]`` may append a per-image standardization (``pipeline.intensity_steps``).
+    ``denoise=False`` drops BM3D (the ablation) and keeps everything else identical. A numeric
+    ``S.denoise_size`` resizes first so BM3D runs on small images (smoke/quick budgets);
+    ``S.intensity`` may append a per-image standardization (``pipeline.intensity_steps``).
     """
-    steps = [(name, dict(params)) for name, params in pipeline.STUDY_STEPS["study02"]
-             if denoise or name != "bm3d_denoise"]
-    steps += pipeline.intensity_steps(S.get("intensity", "none"))
-    if int(S.get("denoise_size") or 0):
-        steps.insert(0, ("resize", {"size": int(S["denoise_size"])}))
+    steps = [(name, dict(params)) for name, params in STEPS if denoise or name != "bm3d_denoise"]
+    steps += pipeline.intensity_steps(S.intensity)
+    if S.denoise_size != NATIVE:
+        steps.insert(0, ("resize", {"size": int(S.denoise_size)}))
     return steps
 
 
@@ -181,21 +220,21 @@ class PrecomputeReport:
 
 
 def precompute(manifest: pd.DataFrame, steps: Sequence[tuple[str, dict]], *, n_jobs: int | None = None,
-               cache: preprocessing.DiskCache | None = None) -> PrecomputeReport:
+               cache: DiskCache | None = None) -> PrecomputeReport:
     """Run the expensive head of ``steps`` (up to the last BM3D / NLM step) for every image of
     ``manifest`` in a process pool, through the disk cache, so training reads cache hits.
 
     Returns:
         A :class:`PrecomputeReport` (nothing to do when ``steps`` has no expensive step).
     """
-    cache = cache or preprocessing.DiskCache()
+    cache = cache or DiskCache()
     jobs = int(n_jobs or os.cpu_count() or 1)
     expensive = [i for i, (name, _) in enumerate(steps) if name in pipeline.EXPENSIVE_STEPS]
     if not expensive:
         return PrecomputeReport(len(manifest), 0.0, 0, 0, 0, jobs, str(cache.root))
     head = [(n, dict(p)) for n, p in steps[: max(expensive) + 1]]
     t0 = time.perf_counter()
-    out = preprocessing.cached_apply_steps(manifest["path"].astype(str).tolist(), head, cache=cache, n_jobs=jobs)
+    out = cached_apply_steps(manifest["path"].astype(str).tolist(), head, cache=cache, n_jobs=jobs)
     return PrecomputeReport(len(manifest), time.perf_counter() - t0, cache.hits, cache.misses,
                             sum(o is None for o in out), jobs, str(cache.root))
 
@@ -382,7 +421,7 @@ def resolve_freeze(ctx: Context, model: str, mode: str = "auto") -> FreezePlan:
     return FreezePlan(model, "all", weights, n_backbone, 0, why)
 
 
-def fit(ctx: Context, split: pd.DataFrame, S: Mapping[str, Any], plan: FreezePlan, *, experiment: str,
+def fit(ctx: Context, split: pd.DataFrame, S: Settings, plan: FreezePlan, *, experiment: str,
         steps: Sequence[tuple[str, dict]]) -> FitResult:
     """``experiments.fit_evaluate`` of this run's backbone with the study02 recipe and ``plan``'s freeze.
 
@@ -396,19 +435,19 @@ def fit(ctx: Context, split: pd.DataFrame, S: Mapping[str, Any], plan: FreezePla
 
     from osteo_tf.experiments import fit_evaluate
 
-    run_dir = ctx.runs_dir / f"{experiment}-{S['model']}-clean"
+    run_dir = ctx.runs_dir / f"{experiment}-{S.model}-clean"
     if run_dir.exists() and not (run_dir / "backup").exists():
         shutil.rmtree(run_dir)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ran out of data.*")
-        return fit_evaluate(ctx, split, model=S["model"], experiment=experiment, rec=recipe(S, plan), steps=steps,
+        return fit_evaluate(ctx, split, model=S.model, experiment=experiment, rec=recipe(S, plan), steps=steps,
                             model_options={"trainable": plan.trainable})
 
 
-def recipe(S: Mapping[str, Any], plan: FreezePlan):
-    """The study02 fine-tuning recipe with this run's epochs, batch size and freeze."""
-    return training.recipe("study02", "finetune", epochs=int(S["epochs"]), batch_size=int(S["batch_size"]),
-                           learning_rate=float(S["learning_rate"]), trainable=plan.trainable)
+def recipe(S: Settings, plan: FreezePlan) -> Recipe:
+    """The study02 fine-tuning recipe with this run's epochs, batch size, learning rate and freeze."""
+    return replace(RECIPES["finetune"], epochs=S.epochs, batch_size=S.batch_size, learning_rate=S.learning_rate,
+                   trainable=plan.trainable)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -560,14 +599,14 @@ def paper_row() -> dict[str, Any]:
     return dict(next(r for r in get_study(STUDY).paper if r["experiment"] == "bm3d"))
 
 
-def backbone_note(S: Mapping[str, Any]) -> str:
+def backbone_note(S: Settings) -> str:
     """One sentence on the backbone that runs versus the paper's ResNet50."""
-    if S["model"] == "resnet50":
+    if S.model == "resnet50":
         return "The backbone is ResNet50, as in the paper; results are recorded as (bm3d, resnet50)."
     why = (" compact_cnn is a 61k-parameter CNN that is not from the paper: ResNet-18 from random initialisation "
            "stayed at chance on the synthetic 3-class knee in this CPU budget, compact_cnn with a per-image "
-           "standardization learns it." if S["model"] == "compact_cnn" else "")
-    return (f"This profile substitutes **{S['model']}** for the paper's ResNet50 (ResNet50 is too slow for this "
+           "standardization learns it." if S.model == "compact_cnn" else "")
+    return (f"This profile substitutes **{S.model}** for the paper's ResNet50 (ResNet50 is too slow for this "
             f"profile's CPU budget: about 3 images/s at 224 px on 2 cores).{why} The results are recorded under the "
-            f"real name ({S['model']}); the paper table below lines them up with the paper's ResNet50 row and says "
+            f"real name ({S.model}); the paper table below lines them up with the paper's ResNet50 row and says "
             f"so. The `full` profile runs ResNet50 at 224 px.")

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from osteo_tf import experiments, io, models, pipeline, preprocessing, splits, training
-from osteo_tf.experiments import Context
+from osteo_tf import experiments, io, models, pipeline, preprocessing, settings as _settings, splits, training
+from osteo_tf.experiments import Context, Synthetic
+from osteo_tf.training import Recipe
+
+STUDY = "03-knee-same-domain-transfer"
 
 MODEL = "study03_multibranch"
 PRETRAINED = "study03_multibranch+pretrain"
@@ -28,116 +31,157 @@ PAPER_PARAMS = 40.7e3
 UNLABELED_SEED_OFFSET = 1000
 """The unlabeled pretraining set is generated with ``seed + 1000``: other patients than A and B."""
 
-DEFAULTS = {
-    "smoke": {"patients_a": 12, "patients_b": 12, "unlabeled_patients": 12, "synth_size": 128, "image_size": 32,
-              "epochs": 1, "pretrain_epochs": 1, "batch_size": 16, "smudge_size": 7, "block_pooling": True,
-              "intensity": "standardize", "learning_rate": 1e-3, "val": 0.15,
-              "baselines_a": [], "baselines_b": [], "baseline_size": 64, "roi_check_images": 20},
-    "quick": {"patients_a": 300, "patients_b": 300, "unlabeled_patients": 80, "synth_size": 256, "image_size": 64,
-              "epochs": 15, "pretrain_epochs": 6, "batch_size": 16, "smudge_size": 0, "block_pooling": True,
-              "intensity": "standardize", "learning_rate": 1e-3, "val": 0.15,
-              "baselines_a": [], "baselines_b": [], "baseline_size": 64,
-              "roi_check_images": 150},
-    "full": {"patients_a": 150, "patients_b": 152, "unlabeled_patients": 2000, "synth_size": 256, "image_size": 224,
-             "epochs": 50, "pretrain_epochs": 20, "batch_size": 16, "smudge_size": 15, "block_pooling": False,
-             "intensity": "none", "learning_rate": 1e-4, "val": 0.0,
-             "baselines_a": ["alexnet", "vgg16", "resnet50", "xception"],
-             "baselines_b": ["alexnet", "vgg16", "resnet50", "xception"], "baseline_size": 224,
-             "roi_check_images": 100000},
+STEPS: tuple[tuple[str, dict], ...] = (
+    ("mean_filter", {"size": 3}), ("equalize_hist", {}), ("roi_crop", {"erosion_radius": 2}))
+"""The paper's deterministic preprocessing before smudging: mean filter, histogram equalization, ROI
+crop (threshold, erosion, largest component, bounding box)."""
+
+RECIPES: dict[str, Recipe] = {
+    "pretrain": Recipe("adam", 1e-3, 0.0, 32, 20, None, "val_loss", "all",
+                       source="study 03 phase 1: in-domain self-supervised pretraining (objective chosen here: "
+                              "rotation prediction, Gidaris et al. 2018)"),
+    "finetune": Recipe("adam", 1e-4, 0.0, 16, 50, 10, "val_loss", "all",
+                       source="study 03 phase 2: fine-tuning with lr 1e-4"),
+    "baseline": Recipe("adam", 1e-4, 0.0, 16, 50, 10, "val_loss", "all",
+                       source="study 03 ImageNet baselines, lr 1e-4"),
 }
-"""Per-profile settings. Paper: dataset A 186 + 186 images, dataset B three classes (patients here
-draw 1 + Poisson(1.5) images each, so ~150 patients give ~375 images), 75/25 split, fine-tuning
-lr 1e-4, 224 px input, Table 1 without pooling. The paper gives neither the epochs, the batch size,
-the smudging window nor the size of its unlabeled set: 50 epochs (early stopping 10), batch 16,
-15 px window on the 256 px source and 2000 unlabeled patients are ours. ``block_pooling`` is our
-CPU option (2x2 pools between blocks; same parameter count).
-
-The CPU profiles (smoke, quick) train every model from random initialisation at 64 px, so they
-use Adam at ``learning_rate`` 1e-3 (the paper's 1e-4 fine-tunes pretrained weights), a per-image
-z-score after the paper's steps (``intensity="standardize"``, ``pipeline.intensity_steps``) and a
-patient-grouped validation share ``val`` carved from the training 75% (best epoch by validation
-loss, early stopping). The quick profile keeps the 256 px source, drops the smudging and uses 300
-patients per dataset. Measured on 2 cores, dataset A, one seed (``fit_evaluate`` with the study's
-steps, 20 epochs, no validation split): the multi-branch DCNN reached test accuracy 0.707
-[0.61, 0.79], AUC 0.80, against 0.42 with the earlier quick settings (80 patients, 128 px source,
-7 px smudging, lr 1e-4), and 0.586 / AUC 0.77 with the paper's 15 px smudging on the same data: the
-mean filter averages away the fine trabecular texture that carries the synthetic label
-(synthetic-data.md), so smudging is a ``smudge_size`` parameter away, not part of the quick profile.
-Without the validation share the kept last epoch swung between 0.47 and 0.71 accuracy at the same
-AUC (0.79) from one run to the next. The quick notebook as it stands (``make reports`` on a fresh
-clone, 2026-12-01, 272 s): A from scratch 0.670 [0.58, 0.76], with pretraining 0.707 [0.61, 0.80]
-(pretext accuracy 0.47, chance 0.25); B 0.386 [0.26, 0.51] and 0.403 [0.30, 0.51], chance 0.33.
-An earlier quick run with an AlexNet baseline (random initialisation, no ImageNet weights offline)
-had it at chance, 0.45 [0.33, 0.57], for 60 s of training (343 s for the study), so the quick
-profile runs no baseline (``baselines_a`` runs one; ``full`` runs all four)."""
+"""Phase 1 (pretext), phase 2 (fine-tuning and from scratch) and the ImageNet baselines."""
 
 
-# ----------------------------------------------------------------------------------------------
-# data
+@dataclass(frozen=True, kw_only=True)
+class Settings(_settings.StudySettings):
+    """Study 03's settings.
+
+    Attributes:
+        patients_a, patients_b: synthetic patients of datasets A (2 classes) and B (3 classes).
+        unlabeled_patients: patients of the unlabeled synthetic pretraining set.
+        synth_size: side of the synthetic source images in px.
+        image_size: square input of the DCNN in px.
+        epochs: fine-tuning / from-scratch epochs.
+        pretrain_epochs: phase-1 pretext epochs.
+        batch_size: mini-batch size.
+        smudge: apply the paper's smudging (a mean filter over the ROI) after the ROI crop.
+        smudge_size: the smudging window in source px (odd).
+        block_pooling: 2x2 max-pools after the stem and blocks 1-2 (our CPU option; Table 1 has
+            none; the parameter count is the same).
+        intensity: after the paper's steps, ``none`` or ``standardize`` (per-image z-score).
+        learning_rate: Adam's learning rate of phase 2 and the baselines.
+        val: patient-grouped validation share carved from the training 75% (0: none, as in the
+            paper; training then keeps the last epoch).
+        baselines_a, baselines_b: ImageNet baselines trained on datasets A and B.
+        baseline_size: input px of the baselines (raised to a model's minimum).
+        roi_check_images: images of the ROI check against the generator's box.
+
+    The paper: dataset A 186 + 186 images, dataset B three classes, 75/25 split, fine-tuning lr
+    1e-4, 224 px input, Table 1 without pooling. It gives neither the epochs, the batch size, the
+    smudging window nor the size of its unlabeled set: 50 epochs (early stopping 10), batch 16, a
+    15 px window on the 256 px source and 2000 unlabeled patients are ours. The CPU profiles train
+    from random initialisation at 64 px with Adam 1e-3, a per-image z-score and a validation
+    share; the quick profile drops the smudging, which on the synthetic knee averages away the
+    fine trabecular texture that carries the label, and runs no ImageNet baseline (from random
+    initialisation they stay at chance).
+    """
+
+    patients_a: int
+    patients_b: int
+    unlabeled_patients: int
+    synth_size: int
+    image_size: int
+    epochs: int
+    pretrain_epochs: int
+    batch_size: int
+    smudge: bool
+    smudge_size: int
+    block_pooling: bool
+    intensity: str
+    learning_rate: float
+    val: float
+    baselines_a: tuple[str, ...]
+    baselines_b: tuple[str, ...]
+    baseline_size: int
+    roi_check_images: int
+
+    PROFILES = {
+        "smoke": {"patients_a": 12, "patients_b": 12, "unlabeled_patients": 12, "synth_size": 128,
+                  "image_size": 32, "epochs": 1, "pretrain_epochs": 1, "batch_size": 16, "smudge": True,
+                  "smudge_size": 7, "block_pooling": True, "intensity": "standardize", "learning_rate": 1e-3,
+                  "val": 0.15, "baselines_a": (), "baselines_b": (), "baseline_size": 64, "roi_check_images": 20},
+        "quick": {"patients_a": 300, "patients_b": 300, "unlabeled_patients": 80, "synth_size": 256,
+                  "image_size": 64, "epochs": 15, "pretrain_epochs": 6, "batch_size": 16, "smudge": False,
+                  "smudge_size": 15, "block_pooling": True, "intensity": "standardize", "learning_rate": 1e-3,
+                  "val": 0.15, "baselines_a": (), "baselines_b": (), "baseline_size": 64, "roi_check_images": 150},
+        "full": {"patients_a": 150, "patients_b": 152, "unlabeled_patients": 2000, "synth_size": 256,
+                 "image_size": 224, "epochs": 50, "pretrain_epochs": 20, "batch_size": 16, "smudge": True,
+                 "smudge_size": 15, "block_pooling": False, "intensity": "none", "learning_rate": 1e-4, "val": 0.0,
+                 "baselines_a": ("alexnet", "vgg16", "resnet50", "xception"),
+                 "baselines_b": ("alexnet", "vgg16", "resnet50", "xception"), "baseline_size": 224,
+                 "roi_check_images": 100000},
+    }
+
+    def check(self) -> None:
+        _settings.positive(self, "patients_a", "patients_b", "unlabeled_patients", "synth_size", "image_size",
+                           "epochs", "pretrain_epochs", "batch_size", "baseline_size", "roi_check_images")
+        _settings.choice(self, "intensity", tuple(pipeline.INTENSITY_STEPS))
+        _settings.in_range(self, "learning_rate", 0.0, 1.0)
+        _check_val(self.val)
+        if self.smudge_size < 1 or self.smudge_size % 2 == 0:
+            raise ValueError(f"smudge_size must be an odd window in px. Received: smudge_size={self.smudge_size!r}")
+        _settings.model_names(self, "baselines_a", "baselines_b")
 
 
-def preprocessing_steps(smudge_size: int, intensity: str = "none") -> list[tuple[str, dict]]:
-    """Study 03 steps: mean filter, histogram equalization, ROI crop, then smudging (0 = none),
-    then the ``intensity`` steps (``pipeline.intensity_steps``: "none" or "standardize")."""
-    if smudge_size == 15:
-        steps = [tuple(s) for s in pipeline.STUDY_STEPS["study03_smudged"]]
-    else:
-        steps = [tuple(s) for s in pipeline.STUDY_STEPS["study03"]]
-        if smudge_size:
-            steps.append(("smudge", {"size": int(smudge_size)}))
+def preprocessing_steps(*, smudge_size: int | None = None, intensity: str = "none") -> list[tuple[str, dict]]:
+    """Study 03 steps: :data:`STEPS` (mean filter, histogram equalization, ROI crop), then smudging
+    with an odd window of ``smudge_size`` px (``None``: no smudging), then the ``intensity`` steps
+    (``pipeline.intensity_steps``: "none" or "standardize")."""
+    steps = [(name, dict(params)) for name, params in STEPS]
+    if smudge_size is not None:
+        steps.append(("smudge", {"size": int(smudge_size)}))
     return steps + pipeline.intensity_steps(intensity)
 
 
-def resolve(profile: str, **overrides) -> dict:
-    """``experiments.resolve_settings`` for study 03, checked.
-
-    Raises:
-        ValueError: unknown profile or setting, an unknown ``intensity``, a learning rate outside
-            (0, 1), a non-positive size / count / epoch number, or an even smudging window
-            (``smudge_size=-1`` means no smudging).
-    """
-    S = experiments.resolve_settings(DEFAULTS, profile, **overrides)
-    if S["smudge_size"] == -1:  # "no smudging" (0 keeps the profile default in a notebook)
-        S["smudge_size"] = 0
-    pipeline.intensity_steps(S["intensity"])  # raises for an unknown setting
-    experiments.check_training_settings(S, positive=("patients_a", "patients_b", "unlabeled_patients", "image_size",
-                                                     "epochs", "pretrain_epochs", "batch_size"))
-    _check_val(S["val"])
-    if int(S["smudge_size"]) < 0 or (int(S["smudge_size"]) and int(S["smudge_size"]) % 2 == 0):
-        raise ValueError(f"smudge_size must be 0 (no smudging) or an odd window in px. "
-                         f"Received: smudge_size={S['smudge_size']!r}")
-    for key in ("baselines_a", "baselines_b"):
-        for name in S[key]:
-            models.get_spec(name)  # raises for an unknown model
-    return S
+def steps(settings: Settings) -> list[tuple[str, dict]]:
+    """This run's preprocessing steps (:func:`preprocessing_steps` of its settings)."""
+    return preprocessing_steps(smudge_size=settings.smudge_size if settings.smudge else None,
+                               intensity=settings.intensity)
 
 
-def setup_datasets(*, profile: str, data_dir: str, seed: int, out_dir: str, preset: str, settings: dict,
-                   weights: str = "imagenet", allow_random_init: bool = True) -> tuple[dict[str, Context | None], str]:
-    """The contexts of datasets A and B, and a sentence saying where each comes from.
+def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
+          seed: int = 0) -> Context:
+    """Seed, find or generate datasets A and B, record provenance.
 
-    Synthetic (no ``data_dir``): A = knee generator with 2 classes, B = with 3 classes (same seed,
-    separate generations). With ``data_dir``: 3 classes -> B is the folder and A is the folder
-    without its middle class (osteopenia); 2 classes -> A is the folder and B is skipped.
+    Returns dataset A's context; ``ctx.subsets`` holds both datasets' contexts (``{"A": ..., "B":
+    ... or None}``, each with its own results) and ``ctx.extra["data_note"]`` a sentence saying
+    where each comes from. Synthetic (no ``data_dir``): A = knee generator with 2 classes, B = with
+    3 classes (same seed, separate generations). With ``data_dir``: 3 classes -> B is the folder
+    and A is the folder without its middle class (osteopenia); 2 classes -> A is the folder and B
+    is skipped.
 
     Raises:
         ValueError: a ``data_dir`` with neither 2 nor 3 classes.
     """
-    common = dict(profile=profile, seed=seed, out_dir=out_dir, preset=preset, synth_size=settings["synth_size"],
-                  image_size=settings["image_size"], epochs=settings["epochs"], weights=weights,
-                  allow_random_init=allow_random_init)
-    study = "03-knee-same-domain-transfer"
-    if not data_dir:
-        a = experiments.setup(study, data_dir="", classes=2, patients=settings["patients_a"], **common)
-        b = experiments.setup(study, data_dir="", classes=3, patients=settings["patients_b"], **common)
+    contexts, note = _datasets(settings, data_dir=data_dir, out_dir=out_dir, seed=seed)
+    main = contexts["A"]
+    main.subsets = contexts
+    main.extra["data_note"] = note
+    return main
+
+
+def _datasets(settings: Settings, *, data_dir, out_dir, seed) -> tuple[dict[str, Context | None], str]:
+    """The contexts of datasets A and B, and a sentence saying where each comes from."""
+    common = dict(seed=seed, out_dir=out_dir)
+    if data_dir is None:
+        a = experiments.setup(STUDY, settings, synthetic=Synthetic("knee", 2, settings.patients_a, settings.synth_size),
+                              **common)
+        b = experiments.setup(STUDY, settings, synthetic=Synthetic("knee", 3, settings.patients_b, settings.synth_size),
+                              **common)
         note = ("Datasets A and B are two separate generations of the synthetic knee generator (2 and 3 classes, "
-                f"{settings['patients_a']} and {settings['patients_b']} patients).")
+                f"{settings.patients_a} and {settings.patients_b} patients).")
         return {"A": a, "B": b}, note
-    full = experiments.setup(study, data_dir=data_dir, **common)
+    full = experiments.setup(STUDY, settings, data_dir=data_dir, **common)
     n = len(full.class_names)
     if n == 3:
         middle = full.class_names[1]
-        a = experiments.setup(study, data_dir=data_dir, label_map={middle: None}, **common)
+        a = experiments.setup(STUDY, settings, data_dir=data_dir, label_map={middle: None}, **common)
         note = (f"Your folder has 3 classes: it is dataset B, and dataset A is the same folder without the "
                 f"{middle!r} class ({a.class_names[0]} vs {a.class_names[1]}).")
         return {"A": a, "B": full}, note
@@ -168,7 +212,7 @@ def paper_split(ctx: Context, *, val: float = 0.0) -> pd.DataFrame:
 
 
 def unlabeled_manifest(*, patients: int, seed: int, preset: str, synth_size: int | None,
-                       data_dir: str = "") -> tuple[pd.DataFrame, str]:
+                       data_dir: str | Path | None = None) -> tuple[pd.DataFrame, str]:
     """The unlabeled in-domain pretraining set: synthetic knee images of seed ``seed + 1000``.
 
     The generator's labels are DROPPED (the returned manifest has no ``label`` column); the pretext
@@ -182,7 +226,7 @@ def unlabeled_manifest(*, patients: int, seed: int, preset: str, synth_size: int
     note = (f"{len(m)} synthetic knee images of {m['group'].nunique()} patients generated with seed "
             f"{seed + UNLABELED_SEED_OFFSET} (other patients than datasets A and B); the generator's labels are "
             "discarded, only the pixels are used")
-    if data_dir:
+    if data_dir is not None:
         note += ". With your data_dir the pretraining set is still this synthetic set (no unlabeled folder is read)"
     return m.reset_index(drop=True), note
 
@@ -341,7 +385,7 @@ def branch_param_table() -> pd.DataFrame:
 # phase 1: self-supervised pretraining
 
 
-def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: dict, steps: Sequence, val_share: float = 0.1):
+def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: Settings, steps: Sequence, val_share: float = 0.1):
     """Phase 1: train a 4-way rotation classifier (``training.SSL_OBJECTIVE``) on the unlabeled set.
 
     The images go through the same preprocessing as the labelled sets; the pretext model is
@@ -353,7 +397,7 @@ def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: dict, steps: Se
     """
     import tensorflow as tf
 
-    size = int(settings["image_size"])
+    size = settings.image_size
     groups = unlabeled["group"].astype(str).to_numpy()
     uniq = np.unique(groups)
     held = set(np.random.default_rng(ctx.seed).permutation(uniq)[:max(1, int(round(val_share * len(uniq))))])
@@ -362,12 +406,12 @@ def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: dict, steps: Se
     x_tr, y_tr = training.rotation_pretext(x_all[~is_val], seed=ctx.seed)
     x_va, y_va = training.rotation_pretext(x_all[is_val], seed=ctx.seed + 1)
     to_input = pipeline.to_model_input
-    bs = int(settings["batch_size"])
+    bs = settings.batch_size
     tr = tf.data.Dataset.from_tensor_slices((np.asarray(to_input(x_tr, channels=3)), y_tr)) \
         .shuffle(len(x_tr), seed=ctx.seed).batch(bs).prefetch(2)
     va = tf.data.Dataset.from_tensor_slices((np.asarray(to_input(x_va, channels=3)), y_va)).batch(bs)
-    model = models.build(MODEL, input_shape=(size, size, 3), num_classes=4, block_pooling=settings["block_pooling"])
-    rec = training.recipe("study03", "pretrain", epochs=int(settings["pretrain_epochs"]), batch_size=bs)
+    model = models.build(MODEL, input_shape=(size, size, 3), num_classes=4, block_pooling=settings.block_pooling)
+    rec = replace(RECIPES["pretrain"], epochs=settings.pretrain_epochs, batch_size=bs)
     with _quiet():
         # monitor the TRAINING loss: the held-out rotations only measure the pretext task, and
         # checkpointing on them restored the first epoch's weights in short runs
@@ -412,24 +456,21 @@ def _quiet():
         yield
 
 
-def run_dataset(ctx: Context, split: pd.DataFrame, *, key: str, settings: dict, steps: Sequence,
+def run_dataset(ctx: Context, split: pd.DataFrame, *, key: str, settings: Settings, steps: Sequence,
                 pretext_model=None) -> dict:
     """Dataset ``key`` ("A"/"B"): the DCNN from scratch, the DCNN fine-tuned from the pretext model
     (lr 1e-4), and the ImageNet baselines of the profile. Returns {record model name: FitResult}."""
-    exp = DATASETS[key]
-    bs = int(settings["batch_size"])
-    pooling = bool(settings["block_pooling"])
     with _quiet():
         return _run_dataset(ctx, split, key=key, settings=settings, steps=steps, pretext_model=pretext_model)
 
 
 def _run_dataset(ctx, split, *, key, settings, steps, pretext_model):
     exp = DATASETS[key]
-    bs = int(settings["batch_size"])
-    pooling = bool(settings["block_pooling"])
+    bs = settings.batch_size
+    pooling = settings.block_pooling
     fits = {}
-    lr = float(settings["learning_rate"])
-    scratch = training.recipe("study03", "finetune", epochs=ctx.epochs, batch_size=bs, learning_rate=lr)
+    lr = settings.learning_rate
+    scratch = replace(RECIPES["finetune"], epochs=ctx.epochs, batch_size=bs, learning_rate=lr)
     fits[MODEL] = experiments.fit_evaluate(ctx, split, model=MODEL, experiment=exp, rec=scratch, steps=steps,
                                            model_options={"block_pooling": pooling}, record_as=MODEL)
     if pretext_model is not None:
@@ -439,9 +480,9 @@ def _run_dataset(ctx, split, *, key, settings, steps, pretext_model):
                                        record_as=PRETRAINED)
         fit.record["weights"] = f"rotation-pretext ({len(getattr(builder, 'copied', []))} layers copied)"
         fits[PRETRAINED] = fit
-    base = training.recipe("study03", "baseline", epochs=ctx.epochs, batch_size=bs, learning_rate=lr)
-    for name in settings[f"baselines_{key.lower()}"]:
-        size = max(int(settings["baseline_size"]), models.get_spec(name).min_input_size)
+    base = replace(RECIPES["baseline"], epochs=ctx.epochs, batch_size=bs, learning_rate=lr)
+    for name in getattr(settings, f"baselines_{key.lower()}"):
+        size = max(settings.baseline_size, models.get_spec(name).min_input_size)
         fits[name] = experiments.fit_evaluate(ctx, split, model=name, experiment=exp, rec=base, steps=steps,
                                               image_size=size, record_as=name)
     return fits

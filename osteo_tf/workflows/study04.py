@@ -31,8 +31,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from osteo_tf import augment
-from osteo_tf.experiments import Context, load_images
+from dataclasses import dataclass, replace
+
+from osteo_tf import augment, experiments, pipeline, settings as _settings
+from osteo_tf.experiments import Context, Synthetic, load_images
+from osteo_tf.training import Recipe
+
+STUDY = "04-dxa-tbs"
 
 TBS_NORMAL = 1.350
 """TBS at or above which bone micro-architecture is 'normal'."""
@@ -47,44 +52,111 @@ TARGET_FRACTION = 0.37
 TRANSFER_DROPOUT = 0.4
 """The paper's new head: dropout 0.4, then a 2-way softmax."""
 
-DEFAULTS = {
-    "smoke": {"transfer_models": ["squeezenet"], "approaches": ["approach1", "approach2", "approach3"],
-              "small_models": ["study04_model3"], "image_size": 48, "approach1_epochs": 1,
-              "approach2_epochs": 2, "small_epochs": 1, "patience": 15, "tuner_trials": 1,
-              "tuner_epochs": 1, "patients": 40, "synth_size": 96, "degraded_fraction": 0.25,
-              "val": 0.2, "test": 0.3, "target_fraction": TARGET_FRACTION, "transfer_lr": 1e-4,
-              "intensity": "standardize"},
-    "quick": {"transfer_models": ["resnet18"], "approaches": ["approach1", "approach2", "approach3"],
-              "small_models": ["study04_model1", "study04_model3"], "image_size": 128,
-              "approach1_epochs": 4, "approach2_epochs": 20, "small_epochs": 30, "patience": 15,
-              "tuner_trials": 0, "tuner_epochs": 2, "patients": 800, "synth_size": 256,
-              "degraded_fraction": 0.25, "val": 0.15, "test": 0.2, "target_fraction": TARGET_FRACTION,
-              "transfer_lr": 1e-2, "intensity": "standardize"},
-    "full": {"transfer_models": ["resnet18", "alexnet", "vgg16", "densenet121", "squeezenet"],
-             "approaches": ["approach1", "approach2", "approach3"],
-             "small_models": ["study04_model1", "study04_model2", "study04_model3", "study04_model4"],
-             "image_size": 224, "approach1_epochs": 50, "approach2_epochs": 20, "small_epochs": 200,
-             "patience": 15, "tuner_trials": 20, "tuner_epochs": 20, "patients": 2196, "synth_size": 256,
-             "degraded_fraction": round(PAPER_DEGRADED_FRACTION, 3), "val": 0.11, "test": 0.123,
-             "target_fraction": TARGET_FRACTION, "transfer_lr": 1e-4, "intensity": "none"},
-}
-"""Per-profile settings. Paper: 1469 patients (one image each; 2196 synthetic patients generated,
-degraded ones dropped to 25.3%), 224 px, batch 24, SGD lr 1e-4 / momentum 0.9, approach 1 50
-epochs, approach 2 20 epochs, approach 3 at most 200 epochs with early stopping after 15,
-test 181 images (12.3%), validation 161 (11%).
+APPROACHES = ("approach1", "approach2", "approach3")
 
-The quick profile keeps the generator's full 256 x 128 DXA resolution (resized to 128 px) and 800
-generated patients (~530 after the degraded share is cut to 25%): the label lives in the fine
-vertebral texture, which a 64 px input averages away. Measured on 2 cores (synthetic generator
-1.2.0, ``run_approach`` on the study's augmented split, one seed): Table II model 1 reached test AUC
-0.914 [0.86, 0.97], accuracy 0.850 with ``intensity="standardize"`` (0.884 / 0.841 without) in
-45 s when run alone, and AUC 0.772 [0.66, 0.87] inside the notebook run (model 3: 0.853
-[0.77, 0.92]), where the runs before it change its initial weights; at 64 px on 400 patients its
-AUC was 0.55. ResNet-18 from random initialisation (approach 1, 4 epochs, no ImageNet weights
-offline) stayed near chance (AUC 0.59): it is the paper's method only with ImageNet weights. Model 4 (its dense layer makes it the slowest) and the KerasTuner
-search are left to ``full`` (``tuner_trials=0``; the smoke profile runs one trial to keep the code
-path tested): in the quick notebook run of 2026-12-01, 3 trials of 2 epochs at 128 px picked an
-architecture whose retraining took 179 s of the study's 403 s and reached AUC 0.54."""
+RECIPES: dict[str, Recipe] = {
+    "approach1": Recipe("sgd", 1e-4, 0.9, 24, 50, None, "val_loss", "all",
+                        source="study 04 approach 1: all layers retrained, batch 24, SGD lr 1e-4 momentum 0.9, 50 epochs"),
+    "approach2": Recipe("sgd", 1e-4, 0.9, 24, 20, None, "val_loss", "head",
+                        source="study 04 approach 2: only the new head trained, 20 epochs"),
+    "model1": Recipe("sgd", 1e-3, 0.6, 24, 200, 15, "val_loss", "all", "binary_crossentropy",
+                     source="study 04 approach 3, Model 1 (Table II)"),
+    "model2": Recipe("sgd", 1e-4, 0.7, 24, 200, 15, "val_loss", "all", "binary_crossentropy",
+                     source="study 04 approach 3, Model 2 (Table II)"),
+    "model3": Recipe("sgd", 1e-3, 0.9, 24, 200, 15, "val_loss", "all", "binary_crossentropy",
+                     source="study 04 approach 3, Model 3 (Table II)"),
+    "model4": Recipe("sgd", 1e-4, 0.9, 48, 200, 15, "val_loss", "all", "binary_crossentropy",
+                     source="study 04 approach 3, Model 4 (Table II)"),
+}
+"""The paper's recipes: approaches 1 and 2, and Table II's SGD settings of Models 1-4."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(_settings.StudySettings):
+    """Study 04's settings.
+
+    Attributes:
+        transfer_models: the transfer models of approaches 1 and 2.
+        approaches: the approaches to run (``approach1``, ``approach2``, ``approach3``).
+        small_models: approach 3's Table II CNNs (``study04_model1`` ... ``study04_model4``).
+        image_size: square model input in px (raised to a model's minimum input size).
+        approach1_epochs, approach2_epochs, small_epochs: epochs of each approach.
+        patience: early-stopping patience of approach 3.
+        tuner_trials: KerasTuner trials of approach 3 (0: no search).
+        tuner_epochs: epochs of each tuner trial.
+        patients: synthetic patients generated (before the degraded share is cut).
+        synth_size: side of the synthetic DXA images in px.
+        degraded_fraction: share of degraded patients the synthetic data is cut to.
+        val, test: patient shares of the validation and test splits.
+        target_fraction: share of degraded images in train and validation after augmentation.
+        transfer_lr: SGD learning rate of approaches 1 and 2.
+        intensity: after the resize, ``none`` (the paper) or ``standardize`` (per-image z-score).
+
+    The paper: 1469 patients (one image each; 2196 synthetic patients are generated and the
+    degraded ones dropped to 25.3%), 224 px, batch 24, SGD lr 1e-4 / momentum 0.9, approach 1 50
+    epochs, approach 2 20 epochs, approach 3 at most 200 epochs with early stopping after 15, test
+    181 images (12.3%), validation 161 (11%). The quick profile keeps the generator's full
+    256 x 128 DXA resolution (resized to 128 px): the label lives in the fine vertebral texture,
+    which a 64 px input averages away. It leaves Model 4 (the slowest) and the KerasTuner search
+    to ``full``; the smoke profile runs one tuner trial to keep that code path tested. ResNet-18
+    from random initialisation stays near chance: approach 1 is the paper's method only with
+    ImageNet weights.
+    """
+
+    transfer_models: tuple[str, ...]
+    approaches: tuple[str, ...]
+    small_models: tuple[str, ...]
+    image_size: int
+    approach1_epochs: int
+    approach2_epochs: int
+    small_epochs: int
+    patience: int
+    tuner_trials: int
+    tuner_epochs: int
+    patients: int
+    synth_size: int
+    degraded_fraction: float
+    val: float
+    test: float
+    target_fraction: float
+    transfer_lr: float
+    intensity: str
+
+    PROFILES = {
+        "smoke": {"transfer_models": ("squeezenet",), "approaches": APPROACHES,
+                  "small_models": ("study04_model3",), "image_size": 48, "approach1_epochs": 1,
+                  "approach2_epochs": 2, "small_epochs": 1, "patience": 15, "tuner_trials": 1,
+                  "tuner_epochs": 1, "patients": 40, "synth_size": 96, "degraded_fraction": 0.25,
+                  "val": 0.2, "test": 0.3, "target_fraction": TARGET_FRACTION, "transfer_lr": 1e-4,
+                  "intensity": "standardize"},
+        "quick": {"transfer_models": ("resnet18",), "approaches": APPROACHES,
+                  "small_models": ("study04_model1", "study04_model3"), "image_size": 128,
+                  "approach1_epochs": 4, "approach2_epochs": 20, "small_epochs": 30, "patience": 15,
+                  "tuner_trials": 0, "tuner_epochs": 2, "patients": 800, "synth_size": 256,
+                  "degraded_fraction": 0.25, "val": 0.15, "test": 0.2, "target_fraction": TARGET_FRACTION,
+                  "transfer_lr": 1e-2, "intensity": "standardize"},
+        "full": {"transfer_models": ("resnet18", "alexnet", "vgg16", "densenet121", "squeezenet"),
+                 "approaches": APPROACHES,
+                 "small_models": ("study04_model1", "study04_model2", "study04_model3", "study04_model4"),
+                 "image_size": 224, "approach1_epochs": 50, "approach2_epochs": 20, "small_epochs": 200,
+                 "patience": 15, "tuner_trials": 20, "tuner_epochs": 20, "patients": 2196, "synth_size": 256,
+                 "degraded_fraction": round(PAPER_DEGRADED_FRACTION, 3), "val": 0.11, "test": 0.123,
+                 "target_fraction": TARGET_FRACTION, "transfer_lr": 1e-4, "intensity": "none"},
+    }
+
+    def check(self) -> None:
+        _settings.choice(self, "approaches", APPROACHES)
+        _settings.not_empty(self, "approaches")
+        _settings.model_names(self, "transfer_models", "small_models")
+        _settings.choice(self, "small_models", tuple(f"study04_model{k}" for k in range(1, 5)))
+        _settings.positive(self, "image_size", "approach1_epochs", "approach2_epochs", "small_epochs", "patience",
+                           "tuner_epochs", "patients", "synth_size")
+        if self.tuner_trials < 0:
+            raise ValueError(f"tuner_trials must be 0 (no search) or more. Received: tuner_trials={self.tuner_trials!r}")
+        for name in ("degraded_fraction", "val", "test", "target_fraction"):
+            _settings.in_range(self, name, 0.0, 1.0)
+        _settings.in_range(self, "transfer_lr", 0.0, 1.0)
+        _settings.choice(self, "intensity", tuple(pipeline.INTENSITY_STEPS))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,13 +272,12 @@ def _refresh_data(ctx: Context, provenance: str) -> None:
                     label_provenance=provenance)
 
 
-def setup(*, profile: str, data_dir: str = "", seed: int = 0, out_dir: str = "", settings: dict,
-          preset: str = "default", weights: str = "imagenet", allow_random_init: bool = True
-          ) -> tuple[Context, pd.DataFrame]:
-    """``experiments.setup`` for study 04, plus TBS labels and the paper's class imbalance.
+def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
+          seed: int = 0) -> Context:
+    """Seed, find or generate the data, derive TBS labels and the paper's class imbalance.
 
     * no ``data_dir``: synthetic DXA (2 classes), one image per patient, degraded patients
-      dropped to ``settings["degraded_fraction"]``; the TBS-derived label is checked against the
+      dropped to ``settings.degraded_fraction``; the TBS-derived label is checked against the
       generator's label (they must agree: the generator draws TBS inside the class range);
     * a manifest CSV with ``tbs`` and no ``label``: labels from the TBS thresholds, partially
       degraded dropped (``experiments.setup`` cannot read unlabelled rows, so the context is
@@ -214,65 +285,61 @@ def setup(*, profile: str, data_dir: str = "", seed: int = 0, out_dir: str = "",
     * class folders / labelled manifests: a middle class (partially degraded, osteopenia) is
       dropped for the binary task.
 
-    Returns:
-        ``(ctx, label table)``: the label table counts images per label source / TBS range.
+    ``ctx.tables["labels"]`` counts images per label source / TBS range.
 
     Raises:
         ValueError: when fewer or more than two classes remain.
     """
-    from osteo_tf import experiments
-
-    common = dict(profile=profile, seed=seed, out_dir=out_dir or None, image_size=settings["image_size"],
-                  weights=weights, allow_random_init=allow_random_init)
-    if data_dir and is_tbs_manifest(data_dir):
-        ctx = _setup_tbs_manifest(data_dir, **common)
+    common = dict(seed=seed, out_dir=out_dir)
+    if data_dir is not None and is_tbs_manifest(data_dir):
+        ctx = _setup_tbs_manifest(settings, data_dir, **common)
         ctx.manifest, table = labels_from_tbs(ctx.manifest)
         dropped = int(table.loc[~table["kept"], "images"].sum())
         _refresh_data(ctx, f"manifest {_manifest_csv(data_dir).name}: labels derived from the 'tbs' column "
                            f"(>= {TBS_NORMAL:.3f} normal, <= {TBS_DEGRADED:.3f} degraded); {dropped} image(s) "
                            "partially degraded or without a TBS dropped for the binary task")
-    elif data_dir:
-        ctx = experiments.setup("04-dxa-tbs", data_dir=data_dir, label_map={MIDDLE_CLASS: None, "osteopenia": None},
-                                **common)
+    elif data_dir is not None:
+        ctx = experiments.setup(STUDY, settings, data_dir=data_dir,
+                                label_map={MIDDLE_CLASS: None, "osteopenia": None}, **common)
         table = class_balance(ctx.manifest)
         if "tbs" in ctx.manifest.columns:  # labels given AND a tbs column: show their agreement
             derived = [tbs_class(v) or "no usable TBS" for v in ctx.manifest["tbs"]]
             table = pd.crosstab(ctx.manifest["label"], pd.Series(derived, name="TBS range", index=ctx.manifest.index))
             table = table.reset_index()
     else:
-        ctx = experiments.setup("04-dxa-tbs", synthetic_mode="dxa", classes=2, preset=preset,
-                                patients=settings["patients"], synth_size=settings["synth_size"],
-                                images_per_patient=1, **common)
+        ctx = experiments.setup(STUDY, settings, synthetic=Synthetic("dxa", 2, settings.patients, settings.synth_size,
+                                                                     images_per_patient=1), **common)
         n_before = ctx.manifest["group"].nunique()
         derived, table = labels_from_tbs(ctx.manifest, tbs_col="TBS_true")
         agree = bool(len(derived) == len(ctx.manifest) and (derived["label"].to_numpy() == ctx.manifest["label"].to_numpy()).all())
         table["generator label agrees"] = agree
-        ctx.manifest = subsample_to_fraction(ctx.manifest, fraction=settings["degraded_fraction"], seed=seed)
+        ctx.manifest = subsample_to_fraction(ctx.manifest, fraction=settings.degraded_fraction, seed=seed)
         _refresh_data(ctx, ctx.data["label_provenance"] + f"; TBS-derived labels agree with the generator's: {agree}; "
                       f"{n_before - ctx.manifest['group'].nunique()} degraded patients dropped (seeded) so that "
-                      f"degraded = {settings['degraded_fraction']:.1%} of patients, as in the paper's text")
+                      f"degraded = {settings.degraded_fraction:.1%} of patients, as in the paper's text")
     if len(ctx.class_names) != 2:
         raise ValueError(f"study 04 is a binary task (normal vs degraded); these classes remain: {ctx.class_names}")
-    return ctx, table
+    ctx.tables["labels"] = table
+    return ctx
 
 
-def _setup_tbs_manifest(data_dir, *, profile, seed, out_dir, image_size, weights, allow_random_init) -> Context:
+def _setup_tbs_manifest(settings: Settings, data_dir, *, seed, out_dir) -> Context:
     from osteo_tf import datasets
     from osteo_tf.config import get_profile, reports_dir, seed_everything
     from osteo_tf.studies import get_study
 
-    st = get_study("04-dxa-tbs")
-    prof = get_profile(profile)
+    st = get_study(STUDY)
+    prof = get_profile(settings.profile)
     seed_everything(seed)
-    out = Path(out_dir) if out_dir else reports_dir() / st.name
+    out = experiments.check_location("out_dir", out_dir) or reports_dir() / st.name
     out.mkdir(parents=True, exist_ok=True)
     ds = datasets.find_dataset(data_dir)
     data = {"source": str(Path(data_dir).resolve()), "n_images": int(len(ds.manifest)),
             "n_groups": int(ds.manifest["group"].nunique()), "classes": {}, "label_provenance": "",
             "n_unreadable": int(len(ds.quarantine))}
     return Context(study=st.name, profile=prof, seed=seed, manifest=ds.manifest.copy(), class_names=[], data=data,
-                   out_dir=out, image_size=int(image_size or prof.image_size), epochs=int(prof.epochs),
-                   weights=weights, allow_random_init=allow_random_init, quarantine=ds.quarantine,
+                   out_dir=out, image_size=settings.image_size, epochs=None, settings=settings,
+                   weights=settings.weights, allow_random_init=settings.allow_random_init, quarantine=ds.quarantine,
                    duplicates=ds.duplicates)
 
 
@@ -280,19 +347,17 @@ def _setup_tbs_manifest(data_dir, *, profile, seed, out_dir, image_size, weights
 # offline augmentation (train and validation only)
 # ----------------------------------------------------------------------------------------------
 
-def work_size(settings: dict) -> int:
+def work_size(settings: Settings) -> int:
     """Side of the written images: the largest input any model of the run needs."""
-    from osteo_tf import models
-
-    names = list(settings.get("transfer_models", [])) + list(settings.get("small_models", []))
-    return max([int(settings["image_size"])] + [model_size(settings, n) for n in names])
+    names = list(settings.transfer_models) + list(settings.small_models)
+    return max([settings.image_size] + [model_size(settings, n) for n in names])
 
 
-def model_size(settings: dict, name: str) -> int:
+def model_size(settings: Settings, name: str) -> int:
     """Input size of ``name`` in this run: the run's size, raised to the model's minimum."""
     from osteo_tf import models
 
-    return max(int(settings["image_size"]), int(models.get_spec(name).min_input_size))
+    return max(settings.image_size, int(models.get_spec(name).min_input_size))
 
 
 def augment_offline(ctx: Context, split: pd.DataFrame, *, size: int, target_fraction: float = TARGET_FRACTION,
@@ -363,21 +428,16 @@ def augmentation_examples(manifest: pd.DataFrame, n: int = 4) -> tuple[list[np.n
 # recipes, runs, tuner
 # ----------------------------------------------------------------------------------------------
 
-def recipe_for(settings: dict, approach: str, model: str | None = None):
+def recipe_for(settings: Settings, approach: str, model: str | None = None) -> Recipe:
     """The training recipe of one run with the profile's epochs (and learning rate for the
     transfer models in quick: random init needs a larger step than ImageNet fine-tuning)."""
-    from osteo_tf import training
-
     if approach == "approach1":
-        return training.recipe("study04", "approach1", epochs=int(settings["approach1_epochs"]),
-                               learning_rate=float(settings["transfer_lr"]))
+        return replace(RECIPES["approach1"], epochs=settings.approach1_epochs, learning_rate=settings.transfer_lr)
     if approach == "approach2":
-        return training.recipe("study04", "approach2", epochs=int(settings["approach2_epochs"]),
-                               learning_rate=float(settings["transfer_lr"]))
+        return replace(RECIPES["approach2"], epochs=settings.approach2_epochs, learning_rate=settings.transfer_lr)
     if approach == "approach3":
         k = str(model).removeprefix("study04_model")
-        return training.recipe("study04", f"model{k}", epochs=int(settings["small_epochs"]),
-                               patience=int(settings["patience"]))
+        return replace(RECIPES[f"model{k}"], epochs=settings.small_epochs, patience=settings.patience)
     raise ValueError(f"approach must be approach1, approach2 or approach3. Received: {approach!r}")
 
 
@@ -393,7 +453,7 @@ def _quiet():
         yield
 
 
-def run_approach(ctx: Context, split: pd.DataFrame, settings: dict, approach: str, model: str):
+def run_approach(ctx: Context, split: pd.DataFrame, settings: Settings, approach: str, model: str):
     """Train and evaluate one (approach, model) pair through ``experiments.fit_evaluate``.
 
     Approach 1: new head (dropout 0.4, 2-way softmax), every layer trained. Approach 2: the same
@@ -407,15 +467,13 @@ def run_approach(ctx: Context, split: pd.DataFrame, settings: dict, approach: st
         return _run_approach(ctx, split, settings, approach, model)
 
 
-def steps(settings: dict) -> list[tuple[str, dict]]:
+def steps(settings: Settings) -> list[tuple[str, dict]]:
     """The deterministic steps every model of the run sees after the resize: the ``intensity``
     setting (``pipeline.intensity_steps``; "none" = the paper's resize only)."""
-    from osteo_tf import pipeline
-
-    return pipeline.intensity_steps(settings.get("intensity", "none"))
+    return pipeline.intensity_steps(settings.intensity)
 
 
-def _run_approach(ctx: Context, split: pd.DataFrame, settings: dict, approach: str, model: str):
+def _run_approach(ctx: Context, split: pd.DataFrame, settings: Settings, approach: str, model: str):
     from osteo_tf import experiments
 
     rec = recipe_for(settings, approach, model)
@@ -534,9 +592,9 @@ def fit_tuned(ctx: Context, split: pd.DataFrame, search: dict, *, epochs: int, p
     from osteo_tf import experiments, training
 
     hp = search["best_hp"]
-    rec = training.recipe("study04", "model1", epochs=int(epochs), patience=int(patience),
-                          learning_rate=float(hp["learning_rate"]), momentum=float(hp["momentum"]),
-                          source="study 04 approach 3: best KerasTuner trial")
+    rec = replace(RECIPES["model1"], epochs=int(epochs), patience=int(patience),
+                  learning_rate=float(hp["learning_rate"]), momentum=float(hp["momentum"]),
+                  source="study 04 approach 3: best KerasTuner trial")
     with _quiet():
         return experiments.fit_evaluate(ctx, split, model=search["builder"], experiment="approach3", rec=rec,
                                         image_size=image_size, record_as="study04_tuned", steps=steps)

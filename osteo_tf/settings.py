@@ -1,0 +1,251 @@
+"""Typed study settings: one frozen dataclass per study, one constructor per profile.
+
+Each study workflow (``osteo_tf.workflows.studyNN``) declares ``Settings``, a frozen dataclass
+derived from :class:`StudySettings`, with its profiles' values written once beside it as
+``PROFILES`` (``{"smoke": {...}, "quick": {...}, "full": {...}}``). A notebook builds this run's
+settings with::
+
+    S = study02.Settings.for_profile(profile, epochs=epochs, model=model_name)
+
+where an override of ``None`` keeps the profile's value: a notebook parameter that means "the
+profile's value" defaults to ``None``. There are no sentinel values: ``0`` is zero, ``""`` is an
+empty string (an empty list for list settings), and a choice such as "no smudging" is a setting
+of its own.
+
+Values are checked once, when a ``Settings`` is constructed: the field's type (with the few
+conversions a papermill parameter needs, such as ``"a,b"`` for a tuple of names and an ``int``
+for a ``float``), then the study's own rules (:meth:`StudySettings.check`). Every problem raises
+``ValueError`` naming the field, what is allowed and ``Received: field=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar, Mapping, Sequence
+
+import pandas as pd
+
+PROFILE_NAMES = ("smoke", "quick", "full")
+
+
+def _received(name: str, value: Any) -> str:
+    return f"Received: {name}={value!r}"
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:
+        return f"a comma-separated string or a list of {_type_name(args[0])}"
+    if args:
+        return " or ".join(_type_name(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """``value`` converted to the field type ``tp`` (int, float, str, bool, tuple[X, ...], unions)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(name, value, option)
+            except ValueError:
+                continue
+        raise ValueError(f"{name} must be {_type_name(tp)}. {_received(name, value)}")
+    if origin is tuple:
+        item = args[0]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be {_type_name(tp)}. {_received(name, value)}")
+        return tuple(_coerce(name, v, item) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and item_is_number(value):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this module does not know is a programming error
+        raise TypeError(f"settings field {name} has an unsupported type {tp!r}")
+    raise ValueError(f"{name} must be {_type_name(tp)}. {_received(name, value)}")
+
+
+def item_is_number(text: str) -> bool:
+    """Whether ``text`` parses as a float (``"1e-3"`` from a comma-separated parameter)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StudySettings:
+    """Base of every study's ``Settings``: validation, profiles, the settings table.
+
+    Attributes:
+        profile: the profile these values start from (``smoke``, ``quick`` or ``full``).
+        preset: synthetic-data difficulty (``easy``, ``default``, ``hard``, ``realistic``);
+            ignored when the study runs on a user's dataset.
+        weights: ``"imagenet"`` or a weights file for the pretrained models.
+        allow_random_init: when the ImageNet weights are not on disk, train from random
+            initialisation (the report says so) instead of stopping.
+
+    Subclasses add their own fields, set ``PROFILES`` and may override :meth:`check`.
+    """
+
+    profile: str
+    preset: str = "default"
+    weights: str = "imagenet"
+    allow_random_init: bool = True
+
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    """The values of each profile for this study's fields (fields not named keep their default)."""
+
+    PRESETS: ClassVar[tuple[str, ...]] = ("easy", "default", "hard", "realistic")
+
+    # --------------------------------------------------------------------------------------
+    @classmethod
+    def for_profile(cls, profile: str, **overrides: Any):
+        """This study's settings for ``profile``, with ``overrides`` applied.
+
+        Args:
+            profile: ``smoke``, ``quick`` or ``full``.
+            **overrides: field values; ``None`` keeps the profile's value.
+
+        Raises:
+            ValueError: an unknown profile or field, or a value the field does not allow.
+        """
+        if profile not in cls.PROFILES:
+            raise ValueError(f"profile must be one of {list(cls.PROFILES)}. {_received('profile', profile)}")
+        known = cls.field_names()
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ValueError(f"Unknown setting(s) {unknown} for {cls.__module__}.{cls.__qualname__}. "
+                             f"Known: {sorted(known)}")
+        values = dict(cls.PROFILES[profile])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(profile=profile, **values)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The settable fields (everything but ``profile``), in declaration order."""
+        return [f.name for f in dataclasses.fields(cls) if f.name != "profile"]
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _coerce(f.name, getattr(self, f.name), hints[f.name])
+            object.__setattr__(self, f.name, value)
+        if self.profile not in PROFILE_NAMES:
+            raise ValueError(f"profile must be one of {list(PROFILE_NAMES)}. {_received('profile', self.profile)}")
+        choice(self, "preset", self.PRESETS)
+        self.check()
+
+    def check(self) -> None:
+        """The study's own rules (ranges, choices, model names); raise ``ValueError``."""
+
+    # --------------------------------------------------------------------------------------
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` applied (checked like a new instance)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values (tuples become lists)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
+
+    def table(self) -> pd.DataFrame:
+        """This run's settings beside the paper protocol's (the ``full`` profile), one row per
+        field, ``differs`` marking every departure from it."""
+        full = type(self).for_profile("full") if "full" in self.PROFILES else None
+        rows = []
+        for name in self.field_names():
+            ours = _show(getattr(self, name))
+            theirs = _show(getattr(full, name)) if full is not None else ""
+            rows.append({"setting": name, "this run": ours, "paper protocol (full profile)": theirs,
+                         "differs": full is not None and ours != theirs})
+        return pd.DataFrame(rows)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value) if value else "(none)"
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------
+# checks the studies' ``check`` methods share
+
+
+def positive(settings: StudySettings, *names: str) -> None:
+    """Each field of ``names`` must be a positive number.
+
+    Raises:
+        ValueError: naming the first field that is not.
+    """
+    for name in names:
+        value = getattr(settings, name)
+        if not value > 0:
+            raise ValueError(f"{name} must be positive. {_received(name, value)}")
+
+
+def choice(settings: StudySettings, name: str, allowed: Sequence[Any]) -> None:
+    """Field ``name`` (or every element of a tuple field) must be one of ``allowed``.
+
+    Raises:
+        ValueError: naming the field, the allowed values and the value received.
+    """
+    value = getattr(settings, name)
+    bad = [v for v in value if v not in allowed] if isinstance(value, tuple) else (
+        [] if value in allowed else [value])
+    if bad:
+        raise ValueError(f"{name} must be one of {list(allowed)}. {_received(name, value)}")
+
+
+def in_range(settings: StudySettings, name: str, low: float, high: float, *, closed: str = "neither") -> None:
+    """Field ``name`` must lie between ``low`` and ``high`` (``closed``: neither, low, high, both).
+
+    Raises:
+        ValueError: naming the field, the interval and the value received.
+    """
+    value = getattr(settings, name)
+    lo_ok = value >= low if closed in ("low", "both") else value > low
+    hi_ok = value <= high if closed in ("high", "both") else value < high
+    if not (lo_ok and hi_ok):
+        left = "[" if closed in ("low", "both") else "("
+        right = "]" if closed in ("high", "both") else ")"
+        raise ValueError(f"{name} must be in {left}{low}, {high}{right}. {_received(name, value)}")
+
+
+def model_names(settings: StudySettings, *names: str) -> None:
+    """Every model named by the fields ``names`` (a name or a tuple of names) must be registered.
+
+    Raises:
+        ValueError: naming the field, the registered models and the value received.
+    """
+    from osteo_tf import models
+
+    known = models.names()
+    for name in names:
+        choice(settings, name, known)
+
+
+def not_empty(settings: StudySettings, *names: str) -> None:
+    """Each tuple field of ``names`` must hold at least one value.
+
+    Raises:
+        ValueError: naming the first empty field.
+    """
+    for name in names:
+        if not getattr(settings, name):
+            raise ValueError(f"{name} must name at least one value. {_received(name, getattr(settings, name))}")

@@ -1,4 +1,4 @@
-"""Paths, profiles, seeding and parameter validation shared by every module."""
+"""Paths, the profiles' runtime switches and seeding, shared by every module."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 
@@ -112,21 +111,3 @@ def seed_everything(seed: int, *, deterministic_ops: bool = True) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic_ops:
         tf.config.experimental.enable_op_determinism()
-
-
-def validate_params(params: Mapping[str, Any], allowed: Mapping[str, Any], *, where: str) -> None:
-    """Reject unknown parameter keys (papermill only warns about them).
-
-    Args:
-        params: the keys a caller wants to set.
-        allowed: the known keys (e.g. a notebook's declared parameters).
-        where: what the parameters are for, named in the error.
-
-    Raises:
-        ValueError: naming every unknown key and the allowed ones.
-    """
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"Unknown parameter(s) for {where}: {unknown}. Allowed: {sorted(allowed)}"
-        )

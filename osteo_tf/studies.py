@@ -1,6 +1,6 @@
 """The study registry: notebooks, synthetic defaults and the papers' reference numbers.
 
-Numbers are copied from the papers (../shared/studies.md); where a paper contradicts itself the
+Numbers are copied from the papers' text and tables; where a paper contradicts itself the
 note says so. Each report puts these beside ours.
 """
 
@@ -109,11 +109,11 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
           "No paper: describes the data every study uses", "calcaneus", 2, []),
     Study("01-calcaneus-augmentation",
           "Calcaneus radiographs: offline augmentation sets N/A/B/C, five transfer models, small CNN, majority vote",
-          "Study 01 (seeds/000): calcaneus ROIs, 87 OP / 87 CN, 400x400", "calcaneus", 2, _S01,
+          "Study 01 (calcaneus radiographs, offline augmentation, transfer learning): calcaneus ROIs, 87 OP / 87 CN, 400x400", "calcaneus", 2, _S01,
           (("E4", "resnet50"), ("E6", "majority_vote"))),
     Study("02-bm3d-resnet50",
           "Hip/spine X-rays: BM3D denoising + fine-tuned ResNet50, three classes",
-          "Study 02 (seeds/001): 1200 healthy / 950 osteopenia / 870 osteoporosis", "knee", 3,
+          "Study 02 (Kaur, Vivekanandam and Whig, Automated Osteoporosis Classification Using Deep Learning on X-Ray Images): 1200 healthy / 950 osteopenia / 870 osteoporosis", "knee", 3,
           [{"experiment": "bm3d", "model": "resnet50", "accuracy": 0.902,
             "per_class": {"normal": [0.924, 0.941, 0.932], "osteopenia": [0.887, 0.863, 0.875],
                           "osteoporosis": [0.901, 0.895, 0.898]},
@@ -121,15 +121,15 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
           (("bm3d", "resnet50"),)),
     Study("03-knee-same-domain-transfer",
           "Knee radiographs: ROI + smudging, own multi-branch CNN, same-domain self-supervised pretraining",
-          "Study 03 (seeds/002): dataset A 186+186 images, dataset B 3 classes", "knee", 2, _S03,
+          "Study 03 (Diagnosis of Osteoporosis Using Transfer Learning in the Same Domain): dataset A 186+186 images, dataset B 3 classes", "knee", 2, _S03,
           (("A (2 classes)", "study03_multibranch+pretrain"),)),
     Study("04-dxa-tbs",
           "Spine DXA: bone quality by TBS range, transfer (all layers / head only) and small tuned CNNs",
-          "Study 04 (seeds/003): 1469 lumbar DXA images, TBS labels, test 139/42", "dxa", 2, _S04,
+          "Study 04 (Gonzalez et al., Bone Quality Classification of DXA Images using CNN Models): 1469 lumbar DXA images, TBS labels, test 139/42", "dxa", 2, _S04,
           (("approach1", "resnet18"), ("approach3", "study04_model1"))),
     Study("05-knee-explanations",
           "Knee X-rays: EfficientNetB0 / MobileNetV3, LIME and Grad-CAM, LIME-masked retraining",
-          "Study 05 (seeds/004): 774 knee X-rays, split 7:2:1", "knee", 2, _S05,
+          "Study 05 (Hosain, Feature-Driven Deep Learning for Osteoporosis Detection): 774 knee X-rays, split 7:2:1", "knee", 2, _S05,
           (("original", "efficientnetb0"), ("lime-masked", "efficientnetb0"))),
     Study("06-leakage-audit",
           "Leakage audit: augment-then-split, image-level splits, test-set reuse, LIME masks from a model that saw the test",

@@ -47,6 +47,29 @@ def test_parameters_are_annotated_literals_with_help(path):
     assert sorted(reports.notebook_parameters(path)) == sorted(names)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_second_cell_builds_settings_then_setup_and_parameters_are_settings(path):
+    import importlib
+
+    nb = nbformat.read(str(path), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    params, second = code[0], code[1].source
+    workflow = re.search(r"from osteo_tf\.workflows import (\w+)", second)
+    assert workflow, f"{path.name}: the second cell imports its workflow"
+    name = workflow.group(1)
+    assert re.search(rf"^S = {name}\.Settings\.for_profile\(profile\b", second, re.M), second
+    assert re.search(rf"^ctx = {name}\.setup\(S, data_dir=data_dir, out_dir=out_dir, seed=seed\)", second, re.M), second
+    fields = set(importlib.import_module(f"osteo_tf.workflows.{name}").Settings.field_names())
+    declared = reports.notebook_parameters(path)
+    for key, info in declared.items():
+        if key in ("profile", "seed"):
+            continue
+        assert info["default"] == "None", f"{path.name}: {key} should default to None (the profile's value)"
+        if key not in reports.COMMON_PARAMETERS:
+            assert key in fields, f"{path.name}: parameter {key} is not a field of {name}.Settings"
+            assert re.search(rf"\b{key}={key}\b", second), f"{path.name}: {key} is not passed to Settings.for_profile"
+
+
 def test_unknown_parameter_is_rejected_before_running(tmp_path, capsys):
     code = cli.main(["run", "01", "--profile", "smoke", "--out", str(tmp_path), "-p", "epochz=3"])
     assert code == 2
@@ -110,7 +133,7 @@ def test_index_headline_falls_back_to_the_profile_model_beside_the_paper_figure(
 
 
 def test_failing_study_keeps_partial_report_and_fails_the_run(tmp_path):
-    code = cli.main(["run", "01", "--profile", "smoke", "--out", str(tmp_path), "-p", "model_names=no_such_model"])
+    code = cli.main(["run", "01", "--profile", "smoke", "--out", str(tmp_path), "-p", "models=no_such_model"])
     assert code == 1
     status = json.loads((tmp_path / "01-calcaneus-augmentation" / "status.json").read_text())
     assert status["status"] == "failed" and "no_such_model" in status["error"]

@@ -2,8 +2,8 @@
 
 For a dataset folder / manifest (or the synthetic default): counts per class, per patient and per
 split; image sizes, bit depths and formats; sample grids and intensity histograms per class;
-pixel-identical duplicates and near-duplicates (a small perceptual hash, pHash / dHash, computed
-here with NumPy / SciPy, robust to contrast changes and checked under the 8 rotations / flips);
+pixel-identical duplicates and near-duplicates (the perceptual hashes of ``osteo_tf.datasets``,
+pHash / dHash, robust to contrast changes and checked under the 8 rotations / flips);
 quarantined files; for synthetic data the preset and its oracle (Bayes) accuracy; and two cheap
 baselines with patient-grouped cross-validation (intensity only, texture + intensity) whose
 accuracy tells whether a shortcut (global intensity) already separates the classes.
@@ -11,28 +11,76 @@ accuracy tells whether a shortcut (global intensity) already separates the class
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import fft as sfft
-from scipy import ndimage
 
-from osteo_tf import evaluation, splits
-from osteo_tf.experiments import Context
+from osteo_tf import datasets, evaluation, experiments, settings as _settings, splits
+from osteo_tf.experiments import Context, Synthetic
 
-DEFAULTS = {
-    "smoke": {"patients": 24, "synth_size": 64, "stats_size": 64, "hash_threshold": 6, "kfold": 3,
-              "n_per_class": 4, "preset": "default"},
-    "quick": {"patients": 160, "synth_size": 128, "stats_size": 96, "hash_threshold": 6, "kfold": 5,
-              "n_per_class": 6, "preset": "default"},
-    "full": {"patients": 400, "synth_size": 256, "stats_size": 128, "hash_threshold": 6, "kfold": 5,
-             "n_per_class": 8, "preset": "default"},
-}
-"""Per-profile settings. There is no paper protocol: ``full`` only uses more (and larger) images."""
+STUDY = "00-dataset-card"
+MODES = ("calcaneus", "knee", "dxa")
 
-HASH_BITS = 64
-"""Bits of :func:`phash` and :func:`dhash` (8 x 8)."""
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(_settings.StudySettings):
+    """The dataset card's settings. There is no paper protocol: ``full`` only uses more (and
+    larger) images.
+
+    Attributes:
+        mode: synthetic mode (``calcaneus``, ``knee``, ``dxa``); ignored with a ``data_dir``.
+        classes: synthetic classes, 2 or 3; ignored with a ``data_dir``.
+        patients: synthetic patients.
+        synth_size: side of the synthetic images in px.
+        stats_size: px the images are resized to for hashes, statistics and baselines.
+        hash_threshold: near-duplicate pHash distance (of 64 bits).
+        kfold: folds of the grouped cross-validation baselines.
+        n_per_class: sample images shown per class.
+    """
+
+    mode: str
+    classes: int
+    patients: int
+    synth_size: int
+    stats_size: int
+    hash_threshold: int
+    kfold: int
+    n_per_class: int
+
+    PROFILES = {
+        "smoke": {"mode": "calcaneus", "classes": 2, "patients": 24, "synth_size": 64, "stats_size": 64,
+                  "hash_threshold": 6, "kfold": 3, "n_per_class": 4},
+        "quick": {"mode": "calcaneus", "classes": 2, "patients": 160, "synth_size": 128, "stats_size": 96,
+                  "hash_threshold": 6, "kfold": 5, "n_per_class": 6},
+        "full": {"mode": "calcaneus", "classes": 2, "patients": 400, "synth_size": 256, "stats_size": 128,
+                 "hash_threshold": 6, "kfold": 5, "n_per_class": 8},
+    }
+
+    def check(self) -> None:
+        _settings.choice(self, "mode", MODES)
+        _settings.choice(self, "classes", (2, 3))
+        _settings.positive(self, "patients", "synth_size", "stats_size", "n_per_class")
+        _settings.in_range(self, "hash_threshold", 0, datasets.HASH_BITS, closed="both")
+        if self.kfold < 2:
+            raise ValueError(f"kfold must be at least 2. Received: kfold={self.kfold!r}")
+
+
+def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
+          seed: int = 0) -> Context:
+    """Seed, find or generate the data (the synthetic ``settings.mode``), record provenance.
+
+    Args:
+        settings: this run's :class:`Settings`.
+        data_dir: a dataset folder or manifest CSV; ``None`` for the synthetic data.
+        out_dir: the report folder; ``None`` for ``reports/<study>``.
+        seed: global seed.
+    """
+    return experiments.setup(STUDY, settings, data_dir=data_dir, out_dir=out_dir, seed=seed,
+                             synthetic=Synthetic(settings.mode, settings.classes, settings.patients, settings.synth_size),
+                             image_size=settings.stats_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,71 +131,19 @@ def duplicate_table(ctx: Context) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------
-# perceptual hashes
+# near-duplicates
 
 
-def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Area-like resize: Gaussian prefilter against aliasing, then linear interpolation."""
-    img = np.asarray(image, np.float64)
-    if img.ndim != 2 or img.size == 0:
-        raise ValueError(f"image must be a non-empty 2-D array. Received: shape {np.shape(image)}")
-    sig = [max(s / t / 2.0 - 0.5, 0.0) for s, t in zip(img.shape, shape)]
-    if any(sig):
-        img = ndimage.gaussian_filter(img, sig, mode="nearest")
-    zoom = [t / s for s, t in zip(img.shape, shape)]
-    out = ndimage.zoom(img, zoom, order=1, mode="nearest", grid_mode=True)
-    return out[: shape[0], : shape[1]]
-
-
-def dhash(image: np.ndarray, size: int = 8) -> np.ndarray:
-    """Difference hash: resize to ``size x (size + 1)``, compare each pixel with its right neighbour.
-
-    Returns:
-        (size * size,) bool.
-    """
-    small = _resize(image, (size, size + 1))
-    return (small[:, 1:] > small[:, :-1]).ravel()
-
-
-def phash(image: np.ndarray, size: int = 8, factor: int = 4) -> np.ndarray:
-    """DCT perceptual hash: resize to ``4 size`` square, 2-D DCT, keep the lowest ``size x size``
-    frequencies, threshold at their median (the DC term excluded from the median).
-
-    Invariant to brightness and contrast changes (a monotone affine grey map leaves the signs of
-    the AC coefficients relative to their median nearly unchanged).
-
-    Returns:
-        (size * size,) bool.
-    """
-    n = size * factor
-    small = _resize(image, (n, n))
-    coef = sfft.dctn(small - small.mean(), type=2, norm="ortho")[:size, :size]
-    ac = coef.ravel()[1:]
-    return (coef.ravel() > np.median(ac))
-
-
-def dihedral(image: np.ndarray) -> list[np.ndarray]:
-    """The 8 rotations / flips of an image (identity first)."""
-    img = np.asarray(image)
-    out = []
-    for k in range(4):
-        r = np.rot90(img, k)
-        out += [r, np.fliplr(r)]
-    return out
-
-
-TRANSFORMS = ("identity", "flip", "rot90", "rot90+flip", "rot180", "rot180+flip", "rot270", "rot270+flip")
-"""Names of :func:`dihedral`'s outputs, in order."""
-
-
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances between bool hash rows: (N, B) x (M, B) -> (N, M) int."""
-    a, b = np.asarray(a, np.int32), np.asarray(b, np.int32)
-    return a @ (1 - b).T + (1 - a) @ b.T
+PAIR_COLUMNS = ["file a", "file b", "pHash distance", "dHash distance", "transform", "pixel identical",
+                "same patient", "same label"]
+"""Columns of :func:`near_duplicates`' pair table."""
 
 
 def near_duplicates(manifest: pd.DataFrame, images: Sequence[np.ndarray], *, threshold: int = 6) -> tuple[pd.DataFrame, np.ndarray]:
     """Pairs of images whose pHash distance (minimum over the 8 rotations / flips) is <= ``threshold``.
+
+    The search is :func:`osteo_tf.datasets.near_duplicate_pairs` on :func:`osteo_tf.datasets.phash`;
+    this adds the files, the dHash distance and what the two images share.
 
     Args:
         manifest: rows aligned with ``images`` (``relpath``, ``group``, ``label``, ``sha256``).
@@ -163,28 +159,21 @@ def near_duplicates(manifest: pd.DataFrame, images: Sequence[np.ndarray], *, thr
     if n != len(manifest):
         raise ValueError(f"images and manifest must align. Received: {n} images, {len(manifest)} rows")
     if n < 2:
-        return pd.DataFrame(columns=["file a", "file b", "pHash distance", "dHash distance", "transform",
-                                     "pixel identical", "same patient", "same label"]), np.zeros(n, int)
-    base = np.stack([phash(img) for img in images])
-    dh = np.stack([dhash(img) for img in images])
-    dists = np.stack([hamming(base, np.stack([phash(t) for t in dihedral(img)])) for img in images], axis=1)
-    # dists[i, j, t] = distance between image i and transform t of image j
-    best_t = dists.argmin(axis=2)
-    best = dists.min(axis=2)
-    best = np.minimum(best, best.T)
-    np.fill_diagonal(best, HASH_BITS + 1)
-    nearest = best.min(axis=1)
-    dd = hamming(dh, dh)
+        return pd.DataFrame(columns=PAIR_COLUMNS), np.zeros(n, int)
+    hashes = np.stack([datasets.phash(img) for img in images])
+    variants = np.stack([np.stack([datasets.phash(t) for t in datasets.dihedral(img)]) for img in images])
+    found, nearest = datasets.near_duplicate_pairs(hashes, variants, threshold=threshold)
+    dh = np.stack([datasets.dhash(img) for img in images])
+    dd = datasets.hamming(dh, dh)
     m = manifest.reset_index(drop=True)
     rows = []
-    for i, j in zip(*np.nonzero(np.triu(best <= threshold, k=1))):
-        rows.append({"file a": m.at[i, "relpath"], "file b": m.at[j, "relpath"], "pHash distance": int(best[i, j]),
-                     "dHash distance": int(dd[i, j]), "transform": TRANSFORMS[int(best_t[i, j])],
+    for i, j, dist, transform in found.itertuples(index=False):
+        rows.append({"file a": m.at[i, "relpath"], "file b": m.at[j, "relpath"], "pHash distance": int(dist),
+                     "dHash distance": int(dd[i, j]), "transform": transform,
                      "pixel identical": bool(m.at[i, "sha256"] == m.at[j, "sha256"]),
                      "same patient": bool(m.at[i, "group"] == m.at[j, "group"]),
                      "same label": bool(m.at[i, "label"] == m.at[j, "label"])})
-    pairs = pd.DataFrame(rows, columns=["file a", "file b", "pHash distance", "dHash distance", "transform",
-                                        "pixel identical", "same patient", "same label"])
+    pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)
     return pairs.sort_values(["pHash distance", "file a"]).reset_index(drop=True), nearest
 
 
@@ -197,13 +186,13 @@ def hash_sanity_check(image: np.ndarray, *, seed: int = 0) -> pd.DataFrame:
     variants = {"same image": img, **augment.study01_variants(img), "sharpened": augment.sharpen(img),
                 "horizontal flip": np.fliplr(img).copy(),
                 "unrelated (noise)": np.random.default_rng([seed, 2**20]).random(img.shape).astype(np.float32)}
-    h0, d0 = phash(img), dhash(img)
+    h0, d0 = datasets.phash(img), datasets.dhash(img)
     rows = []
     for name, v in variants.items():
-        direct = int(hamming(h0[None], phash(v)[None])[0, 0])
-        best = int(min(hamming(h0[None], phash(t)[None])[0, 0] for t in dihedral(v)))
+        direct = int(datasets.hamming(h0[None], datasets.phash(v)[None])[0, 0])
+        best = int(datasets.hamming(h0[None], np.stack([datasets.phash(t) for t in datasets.dihedral(v)])).min())
         rows.append({"copy": name, "pHash distance": direct, "pHash distance (best of 8 rotations/flips)": best,
-                     "dHash distance": int(hamming(d0[None], dhash(v)[None])[0, 0])})
+                     "dHash distance": int(datasets.hamming(d0[None], datasets.dhash(v)[None])[0, 0])})
     return pd.DataFrame(rows)
 
 
@@ -342,7 +331,7 @@ def nearest_figure(nearest: np.ndarray, threshold: int):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 2.8))
-    ax.hist(nearest, bins=np.arange(0, HASH_BITS + 2) - 0.5, color="#555")
+    ax.hist(nearest, bins=np.arange(0, datasets.HASH_BITS + 2) - 0.5, color="#555")
     ax.axvline(threshold + 0.5, color="r", ls="--", label=f"near-duplicate threshold ({threshold})")
     ax.set_xlabel("pHash distance to the nearest other image (of 64 bits)")
     ax.set_ylabel("images")

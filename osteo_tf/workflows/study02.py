@@ -1,6 +1,6 @@
 """Study 02: BM3D denoising + fine-tuned ResNet50, three classes (normal / osteopenia / osteoporosis).
 
-What the paper did (seeds/001): BM3D-denoise every radiograph, resize to 224 px, min-max scale to
+What the paper did (study 02): BM3D-denoise every radiograph, resize to 224 px, min-max scale to
 [0, 1], fine-tune an ImageNet ResNet50 whose early layers are frozen, about 30 epochs; PSNR/SSIM of
 noisy vs clean and denoised vs clean (21.3 -> 31.7 dB, 0.65 -> 0.91) without saying how the noisy
 and clean pairs were obtained.

@@ -1,6 +1,6 @@
 """Study 04: lumbar-spine DXA, bone quality by TBS range; transfer models and small tuned CNNs.
 
-What the paper did (seeds/003) and how this module reproduces it:
+What the paper did (study 04) and how this module reproduces it:
 
 * Labels come from the Trabecular Bone Score: >= 1.350 normal, 1.200-1.350 partially degraded,
   <= 1.200 degraded. The binary task keeps normal vs degraded and DROPS the middle class
@@ -490,33 +490,17 @@ def _run_approach(ctx: Context, split: pd.DataFrame, settings: Settings, approac
     return experiments.fit_evaluate(ctx, split, model=builder, record_as=model, **common)
 
 
-BN_MOMENTUM = 0.9
-"""BatchNorm moving-average momentum of the approach 3 CNNs: PyTorch's default (momentum=0.1 there
-means 0.9 in Keras terms), which the paper used. Keras' default 0.99 leaves the moving statistics
-far from the data after the few hundred steps of a small run, and the CNNs then predict one class
-at inference."""
-
-
-def pytorch_batchnorm(model, momentum: float = BN_MOMENTUM):
-    """Set every BatchNormalization layer's momentum (before the first fit); returns the model."""
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = float(momentum)
-    return model
-
-
 def _small_cnn(ctx: Context, name: str, size: int):
     from osteo_tf import experiments
 
-    return pytorch_batchnorm(experiments.build_model(ctx, name, image_size=size))
+    return experiments.build_model(ctx, name, image_size=size)  # random init: PyTorch's BN momentum
 
 
 def _tunable(hp, *, input_shape, run_eagerly: bool = False):
-    from osteo_tf.models.studies import study04_tunable
+    from osteo_tf import models
 
-    model = pytorch_batchnorm(study04_tunable(hp, input_shape=input_shape))
+    model = models.study04_tunable(hp, input_shape=input_shape)
+    models.set_random_init_batchnorm(model)  # trained from scratch, as build_model's CNNs
     model.run_eagerly = bool(run_eagerly)
     return model
 

@@ -1,0 +1,99 @@
+"""osteo_tf.settings and every study's Settings: profiles, overrides, validation, the report table."""
+
+import dataclasses
+import importlib
+import json
+
+import pytest
+
+from osteo_tf import settings
+from osteo_tf.settings import StudySettings
+
+WORKFLOWS = ["dataset_card", "study01", "study02", "study03", "study04", "study05", "leakage_audit"]
+COMMON = {"preset", "weights", "allow_random_init"}
+
+
+def _settings_class(name):
+    return importlib.import_module(f"osteo_tf.workflows.{name}").Settings
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Toy(StudySettings):
+    epochs: int
+    rate: float
+    names: tuple[str, ...]
+    sigmas: tuple[float, ...]
+    flag: bool
+
+    PROFILES = {
+        "smoke": {"epochs": 1, "rate": 0.1, "names": ("a",), "sigmas": (0.1,), "flag": False},
+        "full": {"epochs": 30, "rate": 0.001, "names": ("a", "b"), "sigmas": (0.1, 0.2), "flag": True},
+    }
+
+    def check(self):
+        settings.positive(self, "epochs")
+        settings.choice(self, "names", ("a", "b", "c"))
+
+
+def test_none_keeps_the_profile_value_and_zero_is_not_a_default():
+    assert Toy.for_profile("smoke", epochs=None).epochs == 1
+    with pytest.raises(ValueError, match=r"epochs must be positive. Received: epochs=0"):
+        Toy.for_profile("smoke", epochs=0)
+    assert Toy.for_profile("smoke", names="").names == ()  # "" is an empty list, not "the default"
+
+
+def test_papermill_values_are_converted_to_the_field_types():
+    s = Toy.for_profile("smoke", names="a, c", sigmas="0.05,0.2", rate=1)
+    assert s.names == ("a", "c") and s.sigmas == (0.05, 0.2) and s.rate == 1.0 and isinstance(s.rate, float)
+    assert Toy.for_profile("smoke", names=["b"]).names == ("b",)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"epochs": "3"}, r"epochs must be int. Received: epochs='3'"),
+    ({"epochs": True}, r"epochs must be int. Received: epochs=True"),
+    ({"flag": "yes"}, r"flag must be bool. Received: flag='yes'"),
+    ({"names": "a,z"}, r"names must be one of \['a', 'b', 'c'\]. Received: names=\('a', 'z'\)"),
+    ({"preset": "tough"}, r"preset must be one of .*Received: preset='tough'"),
+    ({"epoch": 3}, r"Unknown setting\(s\) \['epoch'\]"),
+])
+def test_bad_values_name_the_field_what_is_allowed_and_what_was_received(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        Toy.for_profile("smoke", **overrides)
+
+
+def test_unknown_profile_and_frozen_instances():
+    with pytest.raises(ValueError, match=r"profile must be one of \['smoke', 'full'\]. Received: profile='quick'"):
+        Toy.for_profile("quick")
+    s = Toy.for_profile("smoke")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.epochs = 5
+    with pytest.raises(ValueError, match="epochs must be positive"):
+        s.replace(epochs=-1)  # a copy is checked like a new instance
+
+
+def test_table_marks_every_departure_from_the_full_profile_and_as_dict_is_json():
+    t = Toy.for_profile("smoke", epochs=30).table().set_index("setting")
+    assert list(t.index) == ["preset", "weights", "allow_random_init", "epochs", "rate", "names", "sigmas", "flag"]
+    assert not t.loc["epochs", "differs"] and t.loc["rate", "differs"]
+    assert t.loc["names", "this run"] == "a" and t.loc["names", "paper protocol (full profile)"] == "a, b"
+    d = Toy.for_profile("smoke").as_dict()
+    assert json.loads(json.dumps(d))["names"] == ["a"] and d["profile"] == "smoke"
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_every_study_writes_each_profile_once_beside_its_settings(name):
+    cls = _settings_class(name)
+    assert issubclass(cls, StudySettings)
+    assert set(cls.PROFILES) == {"smoke", "quick", "full"}
+    fields = set(cls.field_names()) - COMMON
+    for profile, values in cls.PROFILES.items():
+        assert set(values) - COMMON == fields, (profile, sorted(fields ^ (set(values) - COMMON)))
+        s = cls.for_profile(profile)
+        assert s.profile == profile
+        assert len(s.table()) == len(cls.field_names())
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_every_study_rejects_an_unknown_setting(name):
+    with pytest.raises(ValueError, match="Unknown setting"):
+        _settings_class(name).for_profile("smoke", no_such_setting=1)

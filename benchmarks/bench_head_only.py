@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 
 MODEL = "resnet18"
 EPOCHS = 20
@@ -44,6 +43,7 @@ def bench_head_only_training() -> dict:
     import numpy as np
 
     from osteo_tf import models, pipeline, training
+    from osteo_tf._warnings import RAN_OUT_OF_DATA, quiet
 
     patients = int(os.environ.get("OSTEO_TF_BENCH_HEAD_PATIENTS", "300"))
     size = int(os.environ.get("OSTEO_TF_BENCH_HEAD_SIZE", "96"))
@@ -60,23 +60,19 @@ def bench_head_only_training() -> dict:
         pass
 
     keras.utils.set_random_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        base = models.build(MODEL, input_shape=(size, size, 3), num_classes=2, dropout=0.4, trainable="head")
-        ours = models.build(MODEL, input_shape=(size, size, 3), num_classes=2, dropout=0.4, trainable="head")
+    base = models.build(MODEL, input_shape=(size, size, 3), num_classes=2, dropout=0.4, trainable="head")
+    ours = models.build(MODEL, input_shape=(size, size, 3), num_classes=2, dropout=0.4, trainable="head")
     ours.set_weights(base.get_weights())
     n_trainable = int(sum(np.prod(w.shape) for w in base.trainable_weights))
 
     training.compile_model(base, rec)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+    with quiet(RAN_OUT_OF_DATA):
         hist = base.fit(train_ds, validation_data=val_ds, epochs=EPOCHS, verbose=0)
     baseline = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+    with quiet(RAN_OUT_OF_DATA):
         out = training.train_head_on_features(ours, train_ds, val_ds, rec=rec, epochs=EPOCHS, seed=0)
     ours_s = time.perf_counter() - t0
 

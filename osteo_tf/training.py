@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from osteo_tf._warnings import RAN_OUT_OF_DATA, quiet
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +295,9 @@ def train(
                                               restore_best_weights=True)
         callbacks.append(early)
     try:
-        with warnings.catch_warnings():
-            # tf.data pipelines that skip unreadable files have unknown cardinality: Keras then
-            # warns at every epoch end that the input "ran out of data", which is expected here.
-            warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        # tf.data pipelines that skip unreadable files have unknown cardinality: Keras then
+        # warns at every epoch end that the input "ran out of data", which is expected here.
+        with quiet(RAN_OUT_OF_DATA):
             hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
                              class_weight=class_weight, verbose=verbose, shuffle=False)
     except RuntimeError as exc:
@@ -535,8 +535,7 @@ def default_strategy():
 
 def predict_proba(model, ds) -> np.ndarray:
     """Class probabilities (N, C) for a dataset; a single-sigmoid model becomes (N, 2)."""
-    with warnings.catch_warnings():  # unknown-cardinality pipelines (see train()) are expected
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+    with quiet(RAN_OUT_OF_DATA):  # unknown-cardinality pipelines (see train()) are expected
         p = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 1:
         p = np.concatenate([1 - p, p], axis=1)

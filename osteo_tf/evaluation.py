@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 import warnings
@@ -32,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from osteo_tf._warnings import BOOTSTRAP_SKIPPED, quiet
 
 __all__ = [
     "BINARY_METRICS",
@@ -43,6 +46,8 @@ __all__ = [
     "classification_metrics",
     "bootstrap_distribution",
     "bootstrap_ci",
+    "format_estimate",
+    "format_interval",
     "brier_score",
     "expected_calibration_error",
     "reliability_curve",
@@ -674,6 +679,69 @@ def bootstrap_ci(
     return out
 
 
+def format_interval(lo: float, hi: float, *, digits: int = 2) -> str:
+    """An interval as ``"[0.70, 0.90]"`` (NaN bounds print as ``nan``).
+
+    Args:
+        lo: lower bound.
+        hi: upper bound.
+        digits: decimals of each bound.
+
+    Returns:
+        The bracketed text.
+
+    Raises:
+        TypeError: a bound that is not a real number.
+        ValueError: ``digits`` that is not a non-negative integer.
+    """
+    digits = _check_digits(digits, "digits")
+    for name, bound in (("lo", lo), ("hi", hi)):
+        if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
+            raise TypeError(f"{name} must be a real number. Received: {name}={bound!r}")
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def format_estimate(value: float | None, ci: Sequence[float | None] | None = None, *, digits: int = 3,
+                    ci_digits: int = 2) -> str:
+    """A point estimate with its interval, as every report prints it: ``"0.812 [0.70, 0.90]"``.
+
+    Args:
+        value: the estimate, or ``None`` (printed ``"–"``, an en dash, with no interval).
+        ci: ``(lo, hi)`` (a list, tuple, :class:`CI` or the ``ci95`` entry of a result record), or
+            ``None``; an empty interval or one with a ``None`` bound prints no brackets.
+        digits: decimals of the estimate.
+        ci_digits: decimals of the interval's bounds.
+
+    Returns:
+        The text.
+
+    Raises:
+        TypeError: a ``value`` or bound that is not a real number.
+        ValueError: a ``ci`` with fewer than two bounds, or negative or non-integer digits.
+    """
+    digits = _check_digits(digits, "digits")
+    ci_digits = _check_digits(ci_digits, "ci_digits")
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"value must be a real number or None. Received: value={value!r}")
+    text = f"{value:.{digits}f}"
+    if ci is None or len(ci) == 0:
+        return text
+    if len(ci) < 2:
+        raise ValueError(f"ci must be a (lo, hi) pair or None. Received: ci={ci!r}")
+    lo, hi = ci[0], ci[1]
+    if lo is None or hi is None:
+        return text
+    return f"{text} {format_interval(lo, hi, digits=ci_digits)}"
+
+
+def _check_digits(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer. Received: {name}={value!r}")
+    return int(value)
+
+
 # --------------------------------------------------------------------------------------------
 # Calibration
 # --------------------------------------------------------------------------------------------
@@ -1003,10 +1071,9 @@ def result_record(
     ci95: dict[str, Any] = {}
     skipped: dict[str, int] = {}
     if n_boot:
-        with warnings.catch_warnings():
-            # The record keeps the skipped-resample counts (rec["ci"]["skipped"]); a warning per
-            # record would only clutter reports with small test sets.
-            warnings.filterwarnings("ignore", message="Bootstrap resamples skipped")
+        # The record keeps the skipped-resample counts (rec["ci"]["skipped"]); a warning per
+        # record would only clutter reports with small test sets.
+        with quiet(BOOTSTRAP_SKIPPED):
             cis = bootstrap_ci(y, p, groups=groups, metrics=CI_METRICS, n_boot=n_boot, seed=seed,
                                positive=pos if binary else None, threshold=threshold)
         ci95 = {k: [v[0], v[1]] for k, v in cis.items()}
@@ -1070,7 +1137,7 @@ def metrics_document(
     paper: Sequence[Mapping[str, Any]],
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble and validate a metrics.json document (design.md).
+    """Assemble and validate a metrics.json document (the layout every study run writes).
 
     Args:
         study: study id, e.g. ``"01-calcaneus-augmentation"``.

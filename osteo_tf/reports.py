@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from osteo_tf.config import PROJECT_ROOT, get_profile
+from osteo_tf.evaluation import format_estimate
 from osteo_tf.studies import STUDIES, get_study
 
 log = logging.getLogger(__name__)
@@ -228,15 +229,6 @@ def run_studies(
     return runs
 
 
-def _fmt(v, ci=None) -> str:
-    if v is None:
-        return "–"
-    s = f"{v:.3f}"
-    if ci and None not in ci:
-        s += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return s
-
-
 def headline_records(study, results: list[dict]) -> list[tuple[dict, dict, str | None]]:
     """The records a study's index row shows, each with the paper record it is compared with.
 
@@ -278,8 +270,9 @@ def write_index(out: str | Path) -> Path:
             other = f" ({html.escape(str(paper_model))})" if paper and paper_model != key[1] else ""
             headline.append(
                 f"{html.escape(str(key[0]))} / {html.escape(str(key[1]))} ({html.escape(str(res.get('protocol', '')))}): "
-                f"acc {_fmt(res.get('accuracy'), ci)}, AUC {_fmt(res.get('auc'), (res.get('ci95') or {}).get('auc'))}"
-                f"; paper acc {_fmt(paper.get('accuracy'))}{other}"
+                f"acc {format_estimate(res.get('accuracy'), ci, ci_digits=3)}, "
+                f"AUC {format_estimate(res.get('auc'), (res.get('ci95') or {}).get('auc'), ci_digits=3)}"
+                f"; paper acc {format_estimate(paper.get('accuracy'))}{other}"
             )
         link = f"{folder.name}/{folder.name}.html"
         rows.append(

@@ -510,3 +510,28 @@ def test_no_warnings_on_clean_binary_input():
         warnings.simplefilter("error")
         ev.binary_metrics(y, p)
         ev.bootstrap_ci(y, p, n_boot=100)
+
+
+# ------------------------------------------------------------------ formatting
+def test_format_estimate_with_and_without_an_interval():
+    assert ev.format_estimate(0.8123, [0.7, 0.9]) == "0.812 [0.70, 0.90]"
+    assert ev.format_estimate(0.8123, (0.7049, 0.9), digits=2, ci_digits=3) == "0.81 [0.705, 0.900]"
+    assert ev.format_estimate(0.5, ev.CI(0.25, 0.75, 10, 0)) == "0.500 [0.25, 0.75]"
+    assert ev.format_estimate(0.5) == "0.500"
+    assert ev.format_estimate(0.5, []) == "0.500"
+    assert ev.format_estimate(0.5, [None, 0.9]) == "0.500"  # an undefined bound prints no brackets
+    assert ev.format_estimate(None, [0.1, 0.2]) == "–"
+    assert ev.format_estimate(np.float32(0.25), np.array([0.125, 0.5])) == "0.250 [0.12, 0.50]"
+
+
+def test_format_interval_and_bad_arguments():
+    assert ev.format_interval(0.7, 0.9) == "[0.70, 0.90]"
+    assert ev.format_interval(float("nan"), float("nan"), digits=1) == "[nan, nan]"
+    with pytest.raises(ValueError, match="Received: ci=\\[0.5\\]"):
+        ev.format_estimate(0.5, [0.5])
+    with pytest.raises(TypeError, match="Received: value='0.5'"):
+        ev.format_estimate("0.5")
+    with pytest.raises(ValueError, match="Received: digits=-1"):
+        ev.format_estimate(0.5, digits=-1)
+    with pytest.raises(TypeError, match="Received: lo=None"):
+        ev.format_interval(None, 0.5)

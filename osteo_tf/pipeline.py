@@ -8,7 +8,7 @@ One function, :func:`make_dataset`, turns the rows of a split manifest into a ba
    really run in parallel);
 2. apply the deterministic preprocessing steps (``osteo_tf.preprocessing.STEPS`` by name) and
    resize; expensive steps (BM3D, non-local means) are computed beforehand by
-   :func:`osteo_tf.preprocessing.cached_apply_steps` in a process pool with a content-addressed
+   :func:`osteo_tf.cache.cached_apply_steps` in a process pool with a content-addressed
    disk cache, so a rerun costs almost nothing;
 3. ``cache()`` the decoded, preprocessed images in memory (or in a file), so later epochs skip
    all of the above;
@@ -68,28 +68,6 @@ def intensity_steps(intensity: str) -> list[tuple[str, dict]]:
     return [(name, dict(params)) for name, params in INTENSITY_STEPS[intensity]]
 
 
-def _validate_steps(steps: Sequence) -> list[tuple[str, dict]]:
-    from osteo_tf import preprocessing
-
-    out = []
-    for step in steps or ():
-        if isinstance(step, str):
-            name, params = step, {}
-        else:
-            try:
-                name, params = step
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"each step must be a name or a (name, params) pair. Received: step={step!r}"
-                ) from None
-        if name not in preprocessing.STEPS:
-            raise ValueError(
-                f"unknown preprocessing step {name!r}. Known: {sorted(preprocessing.STEPS)}"
-            )
-        out.append((name, dict(params or {})))
-    return out
-
-
 def preprocess_image(image: np.ndarray, *, image_size: int | tuple[int, int], steps: Sequence = ()) -> np.ndarray:
     """Deterministic preprocessing of one decoded image: ``steps`` then resize (NumPy twin of the pipeline).
 
@@ -106,7 +84,7 @@ def preprocess_image(image: np.ndarray, *, image_size: int | tuple[int, int], st
     """
     from osteo_tf import preprocessing
 
-    steps = _validate_steps(steps)
+    steps = preprocessing.validate_steps(steps)
     if steps:
         image = preprocessing.apply_steps(image, steps)
     return np.asarray(_resize_tf(image, _size(image_size)))
@@ -120,7 +98,19 @@ def _size(image_size) -> tuple[int, int]:
 
 
 def _resize_tf(image, size: tuple[int, int]):
-    """(H, W) -> (h, w) float32 in [0, 1] with area interpolation (a no-op at the same size)."""
+    """The graph twin of :func:`osteo_tf.preprocessing.resize` with ``interpolation="area"``.
+
+    (H, W) -> (h, w) float32 in [0, 1] (a no-op at the same size), written with
+    ``tf.image.resize(method="area")`` so it runs inside the tf.data graph: grey PNGs decoded by
+    TensorFlow itself are resized without a round trip through Python and its GIL. TensorFlow's
+    area weights are not OpenCV's ``INTER_AREA`` arithmetic: when shrinking by a non-integer
+    factor the two differ by a few 1e-5 (float rounding; the parity test bounds it by 1e-4), and
+    they agree exactly at the same size and when enlarging by an integer factor. Every image of
+    :func:`image_dataset`, :func:`make_dataset`, :func:`load_for_inference` and
+    :func:`preprocess_image` goes through this one function, so training, evaluation and
+    inference see the same pixels; a ``("resize", ...)`` step inside ``steps`` is
+    ``preprocessing.resize`` (OpenCV).
+    """
     import tensorflow as tf
 
     x = tf.convert_to_tensor(image, tf.float32)[..., tf.newaxis]
@@ -188,17 +178,18 @@ def image_dataset(paths: Sequence[str], *, image_size, steps: Sequence = (), n_j
     """
     import tensorflow as tf
 
+    from osteo_tf import preprocessing
     from osteo_tf.io import ImageLoadError
 
-    steps = _validate_steps(steps)
+    steps = preprocessing.validate_steps(steps)
     size = _size(image_size)
     paths = [str(p) for p in paths]
     if any(name in EXPENSIVE_STEPS for name, _ in steps):
-        from osteo_tf import preprocessing
+        from osteo_tf import cache as step_cache
 
         last = max(i for i, (n, _) in enumerate(steps) if n in EXPENSIVE_STEPS)
         head, tail = steps[: last + 1], steps[last + 1 :]
-        pre = preprocessing.cached_apply_steps(paths, head, n_jobs=n_jobs)  # None where a file failed
+        pre = step_cache.cached_apply_steps(paths, head, n_jobs=n_jobs)  # None where a file failed
 
         def _np(i):
             img = pre[int(i)]

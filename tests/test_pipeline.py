@@ -131,3 +131,25 @@ def test_each_study_pipeline_yields_batches(tmp_path, study):
     assert x.shape == (3, 32, 32, 3)
     assert np.isfinite(x.numpy()).all()
     assert y.shape == ((3, 1) if mode == "binary" else (3, 2))
+
+
+@pytest.mark.parametrize("src, dst", [((256, 256), (224, 224)), ((300, 200), (224, 150)), ((97, 97), (64, 64)),
+                                      ((40, 40), (40, 40)), ((32, 48), (64, 96))])
+def test_graph_resize_is_the_twin_of_preprocessing_resize(src, dst):
+    from osteo_tf import preprocessing
+
+    img = np.random.default_rng(0).random(src).astype(np.float32)
+    ours = np.asarray(pipeline._resize_tf(img, dst))
+    opencv = preprocessing.resize(img, dst, interpolation="area")
+    assert ours.shape == opencv.shape == dst and ours.dtype == np.float32
+    assert float(np.abs(ours - opencv).max()) <= 1e-4
+    if src == dst or (dst[0] % src[0] == 0 and dst[1] % src[1] == 0):
+        np.testing.assert_array_equal(ours, opencv)  # same size, or enlarging by an integer factor
+
+
+def test_steps_are_checked_by_the_one_preprocessing_validator():
+    with pytest.raises(ValueError, match=r"unknown preprocessing step 'blur'.*Received: steps\[1\]\[0\]='blur'"):
+        pipeline.preprocess_image(np.zeros((4, 4), np.float32), image_size=4, steps=["equalize_hist", ("blur", {})])
+    out = pipeline.preprocess_image(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4), image_size=4,
+                                    steps=[("equalize_hist", None)])
+    assert out.shape == (4, 4)

@@ -15,6 +15,14 @@ Every candidate file is decoded once (:func:`osteo_tf.io.load_xray_with_info`, i
 pool, results in a deterministic order). A file that cannot be used goes to the quarantine
 table with a reason; one bad file never stops the scan and none is dropped silently.
 Pixel-identical images (same :func:`osteo_tf.io.pixel_sha256`) are listed as duplicates.
+
+Near-duplicates (copies that were flipped, rotated, re-exposed, re-encoded or rescaled) are found
+with perceptual hashes: :func:`phash` and :func:`dhash` of an image, :func:`dihedral` for its 8
+rotations / flips, :func:`hamming` distances between hashes and :func:`near_duplicate_pairs`, the
+search over every pair of images, which works on the hashes alone.
+
+:func:`rooted` turns the manifest of an image set a workflow wrote itself (paths relative to the
+folder it wrote them to) into a manifest of usable paths.
 """
 
 from __future__ import annotations
@@ -28,16 +36,32 @@ from typing import Any
 
 import pandas as pd
 
+from osteo_tf._phash import DIHEDRAL_TRANSFORMS, HASH_BITS, dhash, dihedral, hamming, near_duplicate_pairs, phash
 from osteo_tf.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageLoadError,
     is_image_candidate,
+    load_xray,
     load_xray_with_info,
     pixel_sha256,
 )
 
-__all__ = ["Dataset", "DatasetError", "canonical_label", "find_dataset", "format_summary"]
+__all__ = [
+    "DIHEDRAL_TRANSFORMS",
+    "HASH_BITS",
+    "Dataset",
+    "DatasetError",
+    "canonical_label",
+    "dhash",
+    "dihedral",
+    "find_dataset",
+    "format_summary",
+    "hamming",
+    "near_duplicate_pairs",
+    "phash",
+    "rooted",
+]
 
 _ALIASES: dict[str, str] = {
     **dict.fromkeys(["healthy", "normal", "cn", "control", "ct", "negative", "0"], "normal"),
@@ -259,6 +283,45 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"Unreadable files: {len(unreadable)}")
     lines.extend(f"  {u['path']}: {u['reason']}" for u in unreadable)
     return "\n".join(lines)
+
+
+def rooted(manifest: pd.DataFrame, folder: str | os.PathLike, *, sha256: bool = False) -> pd.DataFrame:
+    """A copy of ``manifest`` whose ``path`` values, relative to ``folder``, become paths under it.
+
+    For image sets a workflow writes itself (offline augmentation, LIME-masked copies), whose
+    manifest lists each file relative to the folder it was written to: ``path`` becomes
+    ``str(Path(folder) / path)`` and ``relpath`` the same string (such a set lies outside any
+    dataset root, so there is nothing shorter to be relative to). Every other column is kept.
+
+    Args:
+        manifest: rows with a ``path`` column of non-empty relative path strings.
+        folder: the folder the paths are relative to.
+        sha256: also set column ``sha256`` to each decoded image's :func:`osteo_tf.io.pixel_sha256`
+            (what :func:`find_dataset` records), reading every file once.
+
+    Returns:
+        The new DataFrame (``manifest`` is not modified).
+
+    Raises:
+        TypeError: ``manifest`` is not a DataFrame or ``folder`` not a path.
+        ValueError: no ``path`` column, or a path that is not a non-empty string.
+        osteo_tf.io.ImageLoadError: with ``sha256=True``, a file that cannot be read.
+    """
+    if not isinstance(manifest, pd.DataFrame):
+        raise TypeError(f"`manifest` must be a pandas DataFrame. Received: manifest={type(manifest).__name__}")
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"`folder` must be a str or os.PathLike. Received: folder={folder!r}")
+    if "path" not in manifest.columns:
+        raise ValueError(f"`manifest` must have a 'path' column. Received columns: {list(manifest.columns)}")
+    bad = [p for p in manifest["path"] if not isinstance(p, str) or not p]
+    if bad:
+        raise ValueError(f"every manifest path must be a non-empty string. Received: path={bad[0]!r}")
+    out = manifest.copy()
+    out["path"] = [str(Path(folder) / p) for p in out["path"]]
+    out["relpath"] = out["path"]
+    if sha256:
+        out["sha256"] = [pixel_sha256(load_xray(p)) for p in out["path"]]
+    return out
 
 
 # ----------------------------------------------------------------------------- discovery

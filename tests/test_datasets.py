@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from osteo_tf import datasets
 from osteo_tf.datasets import Dataset, DatasetError, canonical_label, find_dataset, format_summary
-from osteo_tf.io import save_png
+from osteo_tf.io import load_xray, pixel_sha256, save_png
 
 
 def _img(path: Path, value: int, size: tuple[int, int] = (6, 5), fmt: str | None = None) -> Path:
@@ -275,3 +276,117 @@ def test_format_summary_names_classes_duplicates_and_bad_files(messy):
     assert "osteoporosis  4" in text
     assert "Normal/a.png == osteoporosis/a_copy.png" in text
     assert "osteoporosis/notes.txt: not an image file (extension .txt)" in text
+
+
+# ----------------------------------------------------------------------------- perceptual hashes
+
+
+def _texture(seed, size=64):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    img = ndimage.gaussian_filter(rng.random((size, size)), 2.0)
+    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
+
+
+def test_hashes_of_unrelated_images_are_far_apart():
+    hs = np.stack([datasets.phash(_texture(s)) for s in range(6)])
+    d = datasets.hamming(hs, hs)
+    assert (np.diag(d) == 0).all()
+    assert d[~np.eye(6, dtype=bool)].min() > 12
+    dh = datasets.dhash(_texture(1))
+    assert dh.shape == (64,)
+
+
+def test_hamming_counts_differing_bits():
+    a = np.array([[True, False, True], [False, False, False]])
+    b = np.array([[True, True, True]])
+    np.testing.assert_array_equal(datasets.hamming(a, b), [[1], [3]])
+    with pytest.raises(ValueError, match="same length"):
+        datasets.hamming(a, np.ones((1, 4), bool))
+    with pytest.raises(ValueError, match="bool array"):
+        datasets.hamming(a.astype(int), b)
+
+
+def test_dihedral_gives_the_eight_named_transforms_identity_first():
+    img = np.arange(6).reshape(2, 3)
+    out = datasets.dihedral(img)
+    assert len(out) == len(datasets.DIHEDRAL_TRANSFORMS) == 8
+    np.testing.assert_array_equal(out[0], img)
+    np.testing.assert_array_equal(out[1], np.fliplr(img))
+    np.testing.assert_array_equal(out[2], np.rot90(img))
+    assert len({o.tobytes() + bytes(o.shape) for o in out}) == 8  # all distinct for a generic image
+
+
+def test_phash_rejects_non_2d_images_and_bad_sizes():
+    with pytest.raises(ValueError, match=r"Received: image.shape=\(4,\)"):
+        datasets.phash(np.zeros(4))
+    with pytest.raises(ValueError, match="Received: size=1"):
+        datasets.dhash(_texture(0), size=1)
+
+
+def test_near_duplicate_pairs_works_on_hashes_alone():
+    hashes = np.zeros((3, 4), bool)
+    hashes[1, :2] = True  # 2 bits from image 0
+    hashes[2] = True      # 4 bits from image 0, 2 from image 1
+    variants = np.repeat(hashes[:, None, :], 8, axis=1).copy()
+    variants[2, :, :] = True
+    variants[2, 5] = False  # transform 5 of image 2 equals image 0
+    pairs, nearest = datasets.near_duplicate_pairs(hashes, variants, threshold=1)
+    assert pairs.to_dict("records") == [{"a": 0, "b": 2, "distance": 0, "transform": "rot180+flip"}]
+    np.testing.assert_array_equal(nearest, [0, 2, 0])
+    wider, _ = datasets.near_duplicate_pairs(hashes, variants, threshold=2)
+    assert wider[["a", "b", "distance"]].values.tolist() == [[0, 1, 2], [0, 2, 0], [1, 2, 2]]
+    empty, none = datasets.near_duplicate_pairs(hashes[:1], variants[:1], threshold=1)
+    assert len(empty) == 0 and none.tolist() == [0]
+
+
+def test_near_duplicate_pairs_rejects_mismatched_inputs():
+    hashes = np.zeros((2, 4), bool)
+    with pytest.raises(ValueError, match=r"variants must be an \(N, 8, B\)"):
+        datasets.near_duplicate_pairs(hashes, np.zeros((2, 7, 4), bool), threshold=1)
+    with pytest.raises(ValueError, match="Received: threshold=5"):
+        datasets.near_duplicate_pairs(hashes, np.zeros((2, 8, 4), bool), threshold=5)
+
+
+def test_near_duplicate_pairs_finds_a_rotated_contrast_changed_copy():
+    from osteo_tf import augment
+
+    imgs = [_texture(s) for s in range(4)]
+    imgs.append(np.rot90(augment.study01_variants(imgs[1])["contrast+30_brightness-30"]).copy())
+    hashes = np.stack([datasets.phash(im) for im in imgs])
+    variants = np.stack([np.stack([datasets.phash(t) for t in datasets.dihedral(im)]) for im in imgs])
+    pairs, nearest = datasets.near_duplicate_pairs(hashes, variants, threshold=6)
+    assert pairs[["a", "b"]].values.tolist() == [[1, 4]]
+    assert pairs["transform"].iloc[0] == "rot270"  # rotating the copy by 270 degrees undoes its 90
+    assert nearest[1] <= 6 and nearest[0] > 6
+
+
+# ----------------------------------------------------------------------------- rooted
+
+
+def test_rooted_makes_paths_under_the_folder_and_keeps_other_columns(tmp_path):
+    m = pd.DataFrame({"path": ["a/x.png", "b/y.png"], "label": ["normal", "osteoporosis"], "group": ["p1", "p2"]})
+    out = datasets.rooted(m, tmp_path)
+    assert out["path"].tolist() == [str(tmp_path / "a/x.png"), str(tmp_path / "b/y.png")]
+    assert out["relpath"].tolist() == out["path"].tolist()
+    assert out.columns.tolist() == ["path", "label", "group", "relpath"]
+    assert m["path"].tolist() == ["a/x.png", "b/y.png"]  # the input is not modified
+    assert "sha256" not in out.columns
+
+
+def test_rooted_with_sha256_hashes_each_decoded_image(tmp_path):
+    _img(tmp_path / "n" / "1.png", 3)
+    _img(tmp_path / "n" / "2.png", 9)
+    out = datasets.rooted(pd.DataFrame({"path": ["n/1.png", "n/2.png"]}), str(tmp_path), sha256=True)
+    assert out["sha256"].tolist() == [pixel_sha256(load_xray(tmp_path / "n" / p)) for p in ("1.png", "2.png")]
+    assert out["sha256"].iloc[0] != out["sha256"].iloc[1]
+
+
+def test_rooted_rejects_a_manifest_without_usable_paths(tmp_path):
+    with pytest.raises(ValueError, match="'path' column"):
+        datasets.rooted(pd.DataFrame({"file": ["a.png"]}), tmp_path)
+    with pytest.raises(ValueError, match="Received: path=nan"):
+        datasets.rooted(pd.DataFrame({"path": ["a.png", float("nan")]}), tmp_path)
+    with pytest.raises(TypeError, match="Received: folder=3"):
+        datasets.rooted(pd.DataFrame({"path": ["a.png"]}), 3)

@@ -20,8 +20,8 @@ def _busy(n: int) -> int:
 def machine_parallel_ceiling(workers: int, n: int = 6_000_000) -> float:
     """Speed-up of ``workers`` processes over one on pure-Python busy work: what the cores give.
 
-    On the 2-vCPU machines of this project it measured about 1.4 on 2026-11-22 and 1.75-1.78 on
-    2026-12-01 (not 2): the bm3d-parallel target of 1.7 assumes two full cores.
+    Shared or hyper-threaded virtual CPUs give less than ``workers``; the bm3d-parallel target of
+    1.7 assumes two full cores, so this ceiling is reported beside that benchmark's ratio.
     """
     import multiprocessing
 

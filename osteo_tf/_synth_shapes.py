@@ -26,7 +26,7 @@ KNEE_ROW_WEIGHT = 4.0  # vertical weight of the inside distance that sets the pr
 KNEE_TRABECULAR_FRACTION = 0.6  # trabecular excess attenuation relative to cortical bone
 KNEE_BONE_CONTRAST_LOG = 0.5  # per-image bone contrast factor, log-uniform in exp(+-this)
 KNEE_REFERENCE_BVTV = 0.20  # BV/TV at which the texture modulates by KNEE_TEXTURE_CONTRAST
-KNEE_TEXTURE_BVTV_POWER = 0.75  # *design*: texture amplitude ~ BV/TV^this (see osteo_tf.synthetic, 1.1.0)
+KNEE_TEXTURE_BVTV_POWER = 0.75  # *design*: texture amplitude ~ BV/TV^this (see osteo_tf.synthetic, attenuation)
 KNEE_TEXTURE_CONTRAST = 0.8  # relative modulation of the trabecular attenuation by tex
 TEXTURE_PX_MM = 0.1  # texture pixel size (calcaneus px; knee texture is rendered at this scale x n/256)
 

@@ -1,4 +1,4 @@
-"""Tests of ``osteo-tf inspect`` (the command-line contract in design.md)."""
+"""Tests of ``osteo-tf inspect`` (its command-line contract: JSON keys, exit codes, read-only)."""
 
 from __future__ import annotations
 

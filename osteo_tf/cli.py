@@ -81,10 +81,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from osteo_tf import explain
+    from osteo_tf import inference
 
-    table, skipped = explain.predict_files(args.model, args.images, explain=args.explain, out_dir=args.out,
-                                           lime_samples=args.lime_samples, seed=args.seed)
+    table, skipped = inference.predict_files(args.model, args.images, explain=args.explain, out_dir=args.out,
+                                             lime_samples=args.lime_samples, seed=args.seed)
     print(f"wrote {len(table)} prediction(s) to {Path(args.out) / 'predictions.csv'}")
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)

@@ -1,7 +1,13 @@
-"""Figures for the study reports (matplotlib + seaborn). Every function returns the Figure."""
+"""Figures for the study reports (matplotlib + seaborn), and overlays of explanations.
+
+Every figure function returns the Figure; :func:`overlay_rgb` returns the overlay as an RGB
+array and :func:`save_overlay_png` writes it as a PNG.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -154,19 +160,125 @@ def bubble_chart(records: Sequence[dict], *, x: str = "sensitivity", y: str = "f
     return fig
 
 
-def overlay(image: np.ndarray, heat: np.ndarray | None = None, *, mask: np.ndarray | None = None, title: str = "",
-            ax=None, alpha: float = 0.45):
-    """A radiograph with a heatmap and/or a mask boundary on top."""
-    plt = _plt()
+# ---------------------------------------------------------------------------------------------
+# overlays of explanations (Grad-CAM maps, LIME masks) on a radiograph
+
+
+def _grey01(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (H, W) float64 for display; other ranges than [0, 1] min-max stretched."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3:
+        img = img[..., 0]
+    if img.ndim != 2:
+        raise ValueError(f"image must be (H, W) grey. Received: image.shape={np.shape(image)}")
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0.0 or hi > 1.0:  # model-scaled input: show it min-max stretched
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return img
+
+
+def _fit_to(arr: np.ndarray, shape: tuple[int, int], interpolation: str) -> np.ndarray:
+    """``arr`` (values in [0, 1]) resized to ``shape`` with ``osteo_tf.preprocessing.resize``."""
+    if arr.shape == tuple(shape):
+        return arr
+    from osteo_tf.preprocessing import resize
+
+    return resize(arr.astype(np.float32), tuple(int(s) for s in shape), interpolation=interpolation)
+
+
+def overlay_rgb(image: np.ndarray, cam_or_mask: np.ndarray | None = None, *, alpha: float = 0.4,
+                cmap: str = "jet", segments: np.ndarray | None = None) -> np.ndarray:
+    """A radiograph with a Grad-CAM heatmap or a LIME mask on top, as an RGB array.
+
+    Args:
+        image: (H, W) grey in [0, 1] (other ranges are min-max stretched for display).
+        cam_or_mask: (h, w) float map in [0, 1] (drawn as a ``cmap`` heatmap with ``alpha``;
+            non-finite values count as 0) or a bool mask (LIME: tinted green, its boundary in
+            yellow); resized to the image (bilinear for a map, nearest for a mask).
+        alpha: heatmap opacity.
+        cmap: matplotlib colormap name.
+        segments: optional (h, w) superpixel labels whose boundaries are drawn thin (LIME).
+
+    Returns:
+        (H, W, 3) float in [0, 1].
+    """
+    import matplotlib
+
+    grey = _grey01(image)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    if cam_or_mask is None:
+        return rgb
+    arr = np.asarray(cam_or_mask)
+    if arr.dtype == bool:
+        from skimage.segmentation import find_boundaries
+
+        mask = _fit_to(arr.astype(np.float64), grey.shape, "nearest") > 0.5
+        if segments is not None:
+            edges = find_boundaries(np.asarray(segments), mode="outer")
+            rgb[_fit_to(edges.astype(np.float64), grey.shape, "nearest") > 0.5] = (0.55, 0.55, 0.55)
+        rgb = np.where(mask[..., None], 0.6 * rgb + 0.4 * np.array([0.0, 1.0, 0.0]), rgb)
+        rgb[find_boundaries(mask.astype(np.int64), mode="inner")] = (1.0, 1.0, 0.0)
+        return np.clip(rgb, 0.0, 1.0)
+    cam = _fit_to(np.clip(np.nan_to_num(arr.astype(np.float64)), 0.0, 1.0), grey.shape, "bilinear")
+    heat = matplotlib.colormaps[cmap](cam)[..., :3]
+    return np.clip((1.0 - alpha) * rgb + alpha * heat, 0.0, 1.0)
+
+
+def overlay(image: np.ndarray, cam_or_mask: np.ndarray | None = None, *, segments: np.ndarray | None = None,
+            title: str = "", ax=None, alpha: float = 0.4):
+    """Draw :func:`overlay_rgb` on ``ax`` (a new 3 x 3 in figure when ``None``); returns the Figure."""
     if ax is None:
-        fig, ax = plt.subplots(figsize=(3, 3))
+        fig, ax = _plt().subplots(figsize=(3, 3))
     else:
         fig = ax.figure
-    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    if heat is not None:
-        ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1)
-    if mask is not None:
-        ax.contour(mask.astype(float), levels=[0.5], colors="yellow", linewidths=1)
-    ax.set_title(title, fontsize=8)
-    ax.axis("off")
+    ax.imshow(overlay_rgb(image, cam_or_mask, segments=segments, alpha=alpha), interpolation="nearest")
+    ax.set_title(title)
+    ax.set_axis_off()
     return fig
+
+
+def overlay_figure(image: np.ndarray, cam: np.ndarray | None = None, lime=None, *, title: str | None = None,
+                   cam_label: str = "Grad-CAM"):
+    """The radiograph, then its Grad-CAM heatmap and/or LIME mask, side by side.
+
+    Args:
+        image: (H, W) grey in [0, 1].
+        cam: (H, W) map in [0, 1] or ``None``.
+        lime: an ``osteo_tf.explain.LimeResult`` (its ``mask``, ``segments`` and ``label`` are
+            drawn) or ``None``.
+        title: figure title.
+        cam_label: title of the heatmap panel.
+
+    Returns:
+        ``matplotlib.figure.Figure`` (not registered with pyplot: display it in a notebook or
+        ``fig.savefig(...)``).
+    """
+    from matplotlib.figure import Figure
+
+    panels = [("image", None, None)]
+    if cam is not None:
+        panels.append((cam_label, cam, None))
+    if lime is not None:
+        panels.append((f"LIME (class {lime.label})", lime.mask, lime.segments))
+    fig = Figure(figsize=(3.2 * len(panels), 3.4), layout="constrained")
+    for i, (name, cam_or_mask, segments) in enumerate(panels):
+        overlay(image, cam_or_mask, segments=segments, title=name, ax=fig.add_subplot(1, len(panels), i + 1))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def save_overlay_png(image: np.ndarray, cam_or_mask: np.ndarray | None, path: str | os.PathLike, *,
+                     segments: np.ndarray | None = None, alpha: float = 0.4) -> Path:
+    """Write :func:`overlay_rgb` as an 8-bit RGB PNG (parent folders created).
+
+    Returns:
+        The written path.
+    """
+    from PIL import Image
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rgb = overlay_rgb(image, cam_or_mask, segments=segments, alpha=alpha)
+    Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB").save(out, format="PNG")
+    return out

@@ -6,7 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from osteo_tf import cli, explain, io, models  # noqa: E402
+from osteo_tf import cli, inference, io, models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def saved_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
     m = models.build("study01_cnn", input_shape=(32, 32, 3), num_classes=2)
     path = d / "model.keras"
-    explain.save_model(m, path, class_names=["normal", "osteoporosis"], image_size=32)
+    inference.save_model(m, path, class_names=["normal", "osteoporosis"], image_size=32)
     return path
 
 

@@ -73,9 +73,10 @@ def test_split_721_is_grouped_and_roughly_7_2_1():
 def test_masks_come_from_models_that_never_saw_the_image():
     m = _manifest(30)
     split = study05.split_721(SimpleNamespace(manifest=m, seed=1))
-    folds = study05.pool_folds(split, 3, seed=1)
+    folds = explain.pool_folds(split, 3, seed=1)
     assert len(folds) == 3
-    fold_of, trained_on = study05.mask_assignment(split, folds)
+    assignment = explain.mask_assignment(split, folds)
+    fold_of, trained_on = assignment.model_of, assignment.trained_on
     assert set(fold_of) == set(split["path"])  # every image gets exactly one mask model
     group_of = dict(zip(split["path"], split["group"]))
     for path, key in fold_of.items():
@@ -106,10 +107,11 @@ def _clf(rgb):
 def test_lime_masking_with_the_assignment_and_the_leakage_guard(tmp_path):
     m = _write_images(tmp_path, _manifest(12, images=(1,)))
     split = study05.split_721(SimpleNamespace(manifest=m, seed=0))
-    folds = study05.pool_folds(split, 2, seed=0)
-    fold_of, trained_on = study05.mask_assignment(split, folds)
+    folds = explain.pool_folds(split, 2, seed=0)
+    assignment = explain.mask_assignment(split, folds)
+    fold_of, trained_on = assignment.model_of, assignment.trained_on
     fold_models = {k: _clf for k in set(fold_of.values())}
-    model_for = explain.kfold_model_for(fold_of, fold_models, name="{k}")
+    model_for = assignment.model_for(fold_models)
     out, skipped = explain.lime_masked_dataset(
         split[["path", "label", "group"]], tmp_path / "masked", model_for=model_for, image_size=16,
         trained_on=trained_on, num_samples=20, batch_size=20, seed=0, segmentation=("slic", {"n_segments": 8, "compactness": 0.1, "start_label": 0}))

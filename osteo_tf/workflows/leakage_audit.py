@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -247,45 +246,26 @@ def lime_subset(manifest: pd.DataFrame, n_patients: int, *, seed: int = 0) -> pd
     return manifest[manifest["group"].isin(set(chosen))].reset_index(drop=True)
 
 
-class _ModelFor:
-    """``model_for`` of :func:`osteo_tf.explain.lime_masked_dataset`: path -> (model id, model)."""
-
-    def __init__(self, assignment: dict[str, str], models: dict[str, Any]):
-        self.assignment, self.models = assignment, models
-
-    def __call__(self, row: pd.Series) -> tuple[str, Any]:
-        mid = self.assignment[str(row["path"])]
-        return mid, self.models[mid]
-
-
-def _masked_split(masked: pd.DataFrame, folder: Path, split_of: dict[str, str]) -> pd.DataFrame:
-    out = masked.copy()
-    out["split"] = out["source_path"].map(split_of)
-    out["path"] = [str(folder / p) for p in out["path"]]
-    out["relpath"] = out["path"]
-    return out
-
-
 def lime_row(ctx: Context, settings: dict) -> dict[str, Any]:
     """R4. Leaky masks (a model trained on every image, test included) vs clean masks.
 
     Clean masks come from a model trained on the training split only, so no test image was ever
-    seen by its masker; ``trained_on`` makes :func:`osteo_tf.explain.lime_masked_dataset` raise
-    if a test image's mask came from a model that saw its patient. With ``lime_folds`` >= 2 the
-    clean training images are masked out-of-fold too (study 05's requirement: every mask from a
-    model that never saw the image; ``lime_folds`` extra trainings); with 0 the training images
-    are masked by the train-split model in both variants, so the row isolates exactly one thing:
-    whether the masker saw the TEST images. A classifier (same model and recipe as every row) is
-    then trained on the masked training images and tested on the masked test images; the maskers'
-    own accuracy on the test images is returned too.
+    seen by its masker (``osteo_tf.explain.mask_assignment``, study 05's rule); ``trained_on``
+    makes :func:`osteo_tf.explain.lime_masked_dataset` raise if a test image's mask came from a
+    model that saw its patient. With ``lime_folds`` >= 2 the clean training images are masked
+    out-of-fold too (study 05's requirement: every mask from a model that never saw the image;
+    ``lime_folds`` extra trainings); with 0 the training images are masked by the train-split
+    model in both variants, so the row isolates exactly one thing: whether the masker saw the
+    TEST images. A classifier (same model and recipe as every row) is then trained on the masked
+    training images and tested on the masked test images; the maskers' own accuracy on the test
+    images is returned too.
     """
     from osteo_tf import explain
 
     name = "R4 LIME masks"
     subset = lime_subset(ctx.manifest, int(settings["lime_patients"]), seed=ctx.seed)
     split = splits.grouped_split(subset, val=0.0, test=float(settings["test"]), seed=ctx.seed)
-    train, test = split[split["split"] == "train"], split[split["split"] == "test"]
-    split_of = dict(zip(split["path"].astype(str), split["split"]))
+    test = split[split["split"] == "test"]
     # leaky masker: trained on train + test, evaluated on the test images it has seen
     everything = pd.concat([split.assign(split="train"), test], ignore_index=True)
     leaky = _fit(ctx, everything, settings, experiment=f"{name} masker", protocol="paper", keep=False,
@@ -293,30 +273,26 @@ def lime_row(ctx: Context, settings: dict) -> dict[str, Any]:
     honest = _fit(ctx, split, settings, experiment=f"{name} masker", protocol="clean", keep=False,
                   record_as="masker-train-only")
     models = {"train-only": honest.model, "train-only (its own training images)": honest.model}
-    trained_on = {"train-only": set(train["group"].astype(str))}
-    assignment = {p: "train-only" for p in test["path"].astype(str)}
-    assignment.update({p: "train-only (its own training images)" for p in train["path"].astype(str)})
     k = int(settings["lime_folds"])
-    if k >= 2:
-        for i, fold in enumerate(splits.grouped_kfold(train.drop(columns="split"), k=k, seed=ctx.seed)):
-            fit = _fit(ctx, fold, settings, experiment=f"{name} fold{i}", protocol="clean", keep=False)
-            mid = f"fold{i}"
-            models[mid] = fit.model
-            trained_on[mid] = set(fold.loc[fold["split"] == "train", "group"].astype(str))
-            for p in fold.loc[fold["split"] == "test", "path"].astype(str):
-                assignment[p] = mid
+    folds = explain.pool_folds(split, k, seed=ctx.seed) if k >= 2 else []
+    for i, fold in enumerate(folds):
+        models[f"fold{i}"] = _fit(ctx, fold, settings, experiment=f"{name} fold{i}", protocol="clean",
+                                  keep=False).model
+    clean = explain.mask_assignment(split, folds, split_model="train-only", fold_model="fold{k}",
+                                    in_sample_model="train-only (its own training images)")
     lime_kw = dict(image_size=ctx.image_size, scale=_scale(settings), num_samples=int(settings["lime_samples"]),
                    batch_size=256, seed=ctx.seed, num_features=int(settings["lime_features"]))
     root = ctx.out_dir / "data" / "lime"
     src = split[["path", "label", "group"]]
     t0 = time.perf_counter()
-    m_leaky, _ = explain.lime_masked_dataset(src, root / "leaky", model_for=_ModelFor(
-        {p: "all-images" for p in split["path"].astype(str)}, {"all-images": leaky.model}), **lime_kw)
-    m_clean, _ = explain.lime_masked_dataset(src, root / "clean", model_for=_ModelFor(assignment, models),
-                                             trained_on=trained_on, **lime_kw)
+    m_leaky, _ = explain.lime_masked_dataset(
+        src, root / "leaky", model_for={p: ("all-images", leaky.model) for p in split["path"].astype(str)},
+        **lime_kw)
+    m_clean, _ = explain.lime_masked_dataset(src, root / "clean", model_for=clean.model_for(models),
+                                             trained_on=clean.trained_on, **lime_kw)
     lime_seconds = round(time.perf_counter() - t0, 1)
-    masked = {"paper": _masked_split(m_leaky, root / "leaky", split_of),
-              "clean": _masked_split(m_clean, root / "clean", split_of)}
+    masked = {"paper": explain.source_split(m_leaky, root / "leaky", split),
+              "clean": explain.source_split(m_clean, root / "clean", split)}
     fits = {p: _fit(ctx, m, settings, experiment=name, protocol=p) for p, m in masked.items()}
     maskers = pd.DataFrame([
         {"masker": "saw every image (leaky)", "accuracy on the test images": leaky.record["accuracy"],

@@ -1,6 +1,6 @@
 """Study 05: knee radiographs, EfficientNetB0 / MobileNetV3, LIME and Grad-CAM, LIME-masked retraining.
 
-The paper (seeds/004) trains EfficientNetB0 and MobileNetV3 (ImageNet weights, GAP -> Dense 1024
+The paper (study 05) trains EfficientNetB0 and MobileNetV3 (ImageNet weights, GAP -> Dense 1024
 ReLU -> softmax, Adam, categorical cross-entropy, 30 epochs) on a 7:2:1 split, explains them with
 LIME and Grad-CAM, then multiplies every image by its LIME mask ("feature dataset", one per model)
 and retrains both models on it.
@@ -10,8 +10,9 @@ What this module adds to the paper's protocol:
 * the split is grouped by patient (no patient on two sides);
 * every LIME mask comes from a model that NEVER saw the image (:func:`lime_masked_split`): the
   training+validation pool is cut into k patient-grouped folds, fold k is masked by a model
-  trained on the other folds (``explain.kfold_model_for``), and the test images are masked by
-  the model trained on the training split only (it never saw a test patient). The masks explain
+  trained on the other folds, and the test images are masked by the model trained on the
+  training split only (it never saw a test patient): ``explain.mask_assignment``, the rule the
+  leakage audit uses too. The masks explain
   the PREDICTED class (explaining the true label would write the test label into the test
   input). A leakage guard (``trained_on``) raises if any mask model was trained on the group of
   the image it masks;
@@ -29,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from osteo_tf import augment, experiments, explain, io, models, pipeline, splits, training
+from osteo_tf import augment, experiments, explain, io, models, pipeline, plots, splits, training
 from osteo_tf.experiments import Context, FitResult
 
 _SEG = {"compactness": 0.1, "sigma": 1.0, "start_label": 0}
@@ -60,8 +61,7 @@ The quick profile trains ``compact_cnn`` (61k parameters, GAP head) with ``inten
 on 300 patients: MobileNetV3-Small and EfficientNetB0 from random initialisation stayed at chance
 on the synthetic knee in every CPU-sized trial (accuracy 0.50-0.56, AUC 0.50, up to 500
 patients and 12 epochs, 9 min 46 s). ``model_names="mobilenetv3small"`` restores the paper's
-family. Measured 2026-11-22 (``osteo-tf run 05 --profile quick``, generator 1.1.0): 192 s,
-test AUC 0.83 (95% CI 0.66-0.97), accuracy 0.63, on 30 test patients."""
+family."""
 
 SPLIT = {"val": 0.2, "test": 0.1}
 """The paper's 7:2:1 split (fractions of patients per class)."""
@@ -190,9 +190,9 @@ def explanation_figure(images: pd.DataFrame, expl: dict, class_names: Sequence[s
         for j, name in enumerate(names):
             e = expl[name]
             pred = class_names[int(e["pred"][i])]
-            panels = [("Grad-CAM", explain.overlay_rgb(grey, e["gradcam"][i])),
-                      ("Grad-CAM++", explain.overlay_rgb(grey, e["gradcam++"][i])),
-                      ("LIME", explain.overlay_rgb(grey, e["lime"][i].mask, segments=e["lime"][i].segments))]
+            panels = [("Grad-CAM", plots.overlay_rgb(grey, e["gradcam"][i])),
+                      ("Grad-CAM++", plots.overlay_rgb(grey, e["gradcam++"][i])),
+                      ("LIME", plots.overlay_rgb(grey, e["lime"][i].mask, segments=e["lime"][i].segments))]
             for k, (title, rgb) in enumerate(panels):
                 ax = axes[i, 1 + 3 * j + k]
                 ax.imshow(rgb, interpolation="nearest")
@@ -266,40 +266,14 @@ def randomization(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame
 # the LIME-masked dataset
 
 
-def pool_folds(split: pd.DataFrame, k: int, *, seed: int = 0) -> list[pd.DataFrame]:
-    """k patient-grouped folds over the training+validation pool (the test split is left out)."""
-    pool = split[split["split"].isin(["train", "val"])].drop(columns="split").reset_index(drop=True)
-    return splits.grouped_kfold(pool, k=k, seed=seed)
-
-
-def mask_assignment(split: pd.DataFrame, folds: Sequence[pd.DataFrame]) -> tuple[dict, dict]:
-    """Which mask model masks each image, and which groups each mask model was trained on.
-
-    Returns:
-        ``(fold_of, trained_on)``: image path -> mask-model id (``"fold<k>"`` for pool images,
-        held out of fold k's training; ``"train-split model"`` for test images) and mask-model
-        id -> the groups it was trained (or validated) on.
-    """
-    fold_of: dict[str, str] = {}
-    trained_on: dict[str, set] = {}
-    for k, f in enumerate(folds):
-        key = f"fold{k}"
-        for p in f.loc[f["split"] == "test", "path"].astype(str):
-            fold_of[p] = key
-        trained_on[key] = set(f.loc[f["split"] == "train", "group"].astype(str))
-    for p in split.loc[split["split"] == "test", "path"].astype(str):
-        fold_of[p] = "train-split model"
-    trained_on["train-split model"] = set(split.loc[split["split"].isin(["train", "val"]), "group"].astype(str))
-    return fold_of, trained_on
-
-
 def lime_masked_split(ctx: Context, split: pd.DataFrame, model: str, original: FitResult, settings: dict) -> dict:
     """Build ``model``'s LIME-masked dataset with masks from models that never saw the image.
 
-    1. k patient-grouped folds over train+val; for each fold a ``model`` trained on the other
-       folds (``mask_epochs``), evaluated on its held-out fold (out-of-fold accuracy recorded);
-    2. ``explain.lime_masked_dataset`` with ``explain.kfold_model_for``: fold k's images masked by
-       fold k's model, test images by ``original`` (trained on the training split only), each
+    1. k patient-grouped folds over train+val (``explain.pool_folds``); for each fold a
+       ``model`` trained on the other folds (``mask_epochs``), evaluated on its held-out fold
+       (out-of-fold accuracy recorded);
+    2. ``explain.lime_masked_dataset`` with ``explain.mask_assignment``: fold k's images masked
+       by fold k's model, test images by ``original`` (trained on the training split only), each
        mask explaining the model's PREDICTED class, with the ``trained_on`` leakage guard;
     3. the masked images (stored at the original resolution) get the split of their source, so
        the masked dataset is resized / split / augmented exactly as the original.
@@ -310,32 +284,31 @@ def lime_masked_split(ctx: Context, split: pd.DataFrame, model: str, original: F
     """
     import json
 
-    folds = pool_folds(split, int(settings["kfold"]), seed=ctx.seed)
-    fold_models: dict[str, Any] = {"train-split model": original.model}
+    folds = explain.pool_folds(split, int(settings["kfold"]), seed=ctx.seed)
+    fold_models: dict[str, Any] = {explain.SPLIT_MODEL: original.model}
     fold_records = []
     for k, f in enumerate(folds):
         fit = train(ctx, f, model, experiment=f"mask-fold{k}", settings=settings,
                     epochs=int(settings["mask_epochs"]), keep=False)
-        fold_models[f"fold{k}"] = fit.model
-        fold_records.append({"mask model": f"fold{k}", "model": model, "trained on images": int((f["split"] == "train").sum()),
+        mask_model = explain.FOLD_MODEL.format(k=k)
+        fold_models[mask_model] = fit.model
+        fold_records.append({"mask model": mask_model, "model": model,
+                             "trained on images": int((f["split"] == "train").sum()),
                              "held-out images": int((f["split"] == "test").sum()),
                              "held-out accuracy": fit.record["accuracy"], "train s": fit.record.get("train_seconds")})
-    fold_of, trained_on = mask_assignment(split, folds)
+    assignment = explain.mask_assignment(split, folds)
     folder = ctx.out_dir / "data" / f"lime-masked-{model}"
     t0 = time.perf_counter()
     masked, skipped = explain.lime_masked_dataset(
         split[["path", "label", "group"]], folder,
-        model_for=explain.kfold_model_for(fold_of, fold_models, name="{k}"),
-        image_size=ctx.image_size, scale=models.get_spec(model).preprocess, steps=ctx.steps, trained_on=trained_on,
+        model_for=assignment.model_for(fold_models),
+        image_size=ctx.image_size, scale=models.get_spec(model).preprocess, steps=ctx.steps,
+        trained_on=assignment.trained_on,
         num_samples=int(settings["lime_samples"]), batch_size=int(settings["lime_samples"]), seed=ctx.seed,
         segmentation=segmentation(settings), num_features=int(settings["lime_features"]),
         explain_label="predicted")
     seconds = time.perf_counter() - t0
-    split_of = dict(zip(split["path"].astype(str), split["split"]))
-    masked = masked.copy()
-    masked["split"] = masked["source_path"].map(split_of)
-    masked["path"] = [str(folder / p) for p in masked["path"]]
-    masked["relpath"] = masked["path"]
+    masked = explain.source_split(masked, folder, split)
     masked["sha256"] = [io.pixel_sha256(io.load_xray(p)) for p in masked["path"]]
     return {"split": masked, "fold_records": fold_records, "skipped": skipped,
             "masking": json.loads((folder / "lime_masking.json").read_text()), "seconds": seconds,

@@ -276,32 +276,8 @@ def build_model(ctx: Context, name: str, *, num_classes: int | None = None, imag
     model = models.build(name, input_shape=(size, size, 3), num_classes=num_classes or len(ctx.class_names),
                          weights=weights, allow_random_init=ctx.allow_random_init, **options)
     if str(models.build_info(model)["weights"]).startswith("random"):
-        fast_batchnorm_statistics(model)
+        models.set_random_init_batchnorm(model)
     return model
-
-
-RANDOM_INIT_BN_MOMENTUM = 0.9
-
-
-def fast_batchnorm_statistics(model, momentum: float = RANDOM_INIT_BN_MOMENTUM) -> int:
-    """Let BatchNorm moving statistics converge within a short run from random initialisation.
-
-    Keras' default momentum (0.99) averages over ~100 steps; a CPU-profile run from random weights
-    often has fewer, and the model then predicts near-uniformly at evaluation although it fits the
-    training data (measured in studies 02 and 04). 0.9 is PyTorch's default (its ``momentum=0.1``),
-    which is what study 04's paper trained with. ImageNet-initialised models keep Keras' value.
-
-    Returns:
-        The number of BatchNormalization layers changed.
-    """
-    import keras
-
-    n = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
-            n += 1
-    return n
 
 
 def fit_evaluate(

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from osteo_tf import datasets, evaluation, experiments, models, pipeline, splits, synthetic, training  # noqa: E402
+from osteo_tf import datasets, evaluation, models, pipeline, splits, synthetic, training  # noqa: E402
 from osteo_tf.config import seed_everything  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def test_small_cnn_beats_chance_on_patient_grouped_split(tmp_path):
     val_ds = pipeline.make_dataset(parts["val"], **common)
     test_ds = pipeline.make_dataset(parts["test"], **common)
     model = models.build("study01_cnn", input_shape=(64, 64, 3), num_classes=2)
-    experiments.fast_batchnorm_statistics(model)
+    models.set_random_init_batchnorm(model)
     rec = training.recipe("study01", "small_cnn", optimizer="adam", learning_rate=1e-3, batch_size=16)
     model, result = training.train(model, train_ds, val_ds, rec=rec, run_dir=tmp_path / "run", epochs=15)
     y_prob = training.predict_proba(model, test_ds)

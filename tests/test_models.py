@@ -39,6 +39,48 @@ def test_names_are_the_registry_in_order():
     assert models.names() == EXPECTED_NAMES
 
 
+def test_names_are_the_family_specs_in_the_stated_order():
+    from osteo_tf.models import applications, classic, studies
+
+    families = applications.SPECS + classic.SPECS + studies.SPECS
+    assert models.names() == [spec.name for spec in families]
+    assert models.SPECS == families
+
+
+def _osteo_tf_imports(path) -> set[str]:
+    """The osteo_tf modules ``path`` imports, at any depth (function-level imports included)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m == "osteo_tf" or m.startswith("osteo_tf.")}
+
+
+def test_models_modules_import_one_way():
+    from pathlib import Path
+
+    package = Path(models.__file__).parent
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__"}
+    graph = {
+        m: {i.split(".")[2] for i in _osteo_tf_imports(package / f"{m}.py") if i.count(".") >= 2} & modules
+        for m in modules
+    }
+    assert _osteo_tf_imports(package / "spec.py") == set()  # the leaf
+    for family in ("applications", "classic", "studies"):
+        assert graph[family] == {"spec"}, family
+        assert all(i.startswith("osteo_tf.models.spec") for i in _osteo_tf_imports(package / f"{family}.py"))
+    order = []  # topological order: fails (no progress) on a cycle
+    while len(order) < len(graph):
+        ready = [m for m in graph if m not in order and graph[m] <= set(order)]
+        assert ready, f"import cycle among {sorted(set(graph) - set(order))}"
+        order += ready
+    assert order[0] == "spec" and order[-1] == "registry"
+
+
 @pytest.mark.parametrize("name", EXPECTED_NAMES)
 def test_every_model_predicts_probabilities(name):
     model = built(name)
@@ -136,6 +178,16 @@ def test_training_lowers_the_loss(name, shape):
     # statistics barely move in 6 steps, so inference-mode losses would not show the learning
     history = model.fit(x, y, epochs=6, batch_size=2, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_random_init_batchnorm_sets_every_batchnorm_momentum():
+    model = models.build("study04_model3", input_shape=(32, 32, 3), num_classes=2)
+    bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert [layer.momentum for layer in bn] == [0.99] * 3  # Keras' default until the rule is applied
+    assert models.set_random_init_batchnorm(model) == 3
+    assert [layer.momentum for layer in bn] == [models.RANDOM_INIT_BN_MOMENTUM] * 3 == [0.9] * 3
+    with pytest.raises(ValueError, match="Received: momentum=1.5"):
+        models.set_random_init_batchnorm(model, momentum=1.5)
 
 
 def test_trainable_head_leaves_only_head_weights_trainable():
@@ -312,8 +364,15 @@ def test_too_small_input_names_the_minimum():
 def test_unknown_head_and_option_are_errors():
     with pytest.raises(ValueError, match="head must be one of"):
         models.build("resnet18", input_shape=(32, 32, 3), num_classes=2, head="mlp")
-    with pytest.raises(ValueError, match="Unknown option"):
+    with pytest.raises(TypeError, match="widen"):
         models.build("resnet18", input_shape=(32, 32, 3), num_classes=2, widen=2)
+
+
+def test_an_option_the_builder_does_not_take_is_a_type_error():
+    with pytest.raises(TypeError, match="dense_units"):
+        models.build("study01_cnn", input_shape=(32, 32, 3), num_classes=2, dense_units=16)
+    with pytest.raises(ValueError, match="Received: dense_units=0"):
+        models.build("resnet18", input_shape=(32, 32, 3), num_classes=2, dense_units=0)
 
 
 def test_build_info_rejects_foreign_models():

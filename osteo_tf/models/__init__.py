@@ -11,18 +11,17 @@ GoogLeNet, SqueezeNet, ResNet-18) and the studies' own CNNs.
 Every classifier is one flat functional graph (no nested backbone), every layer deterministically
 named. ``get_spec(name).preprocess`` maps [0, 1] images to what the model expects; it belongs in
 the tf.data pipeline, not in the model. ``build_info(model)`` is what a run records (weights
-actually used, parameter counts).
+actually used, parameter counts). ``set_random_init_batchnorm(model)`` is the BatchNorm rule for
+models trained from random initialisation.
+
+Modules import one way: ``spec`` (``ModelSpec``, heads, input scaling, the BatchNorm rule) is the
+leaf; ``applications``, ``classic`` and ``studies`` import only ``spec`` and export their specs as
+the data tuple ``SPECS``; ``registry`` assembles them (backbones, classic, studies) and builds.
 """
 
-# Import order = registry order: keras.applications backbones, classic nets, studies' CNNs.
-from osteo_tf.models import applications, classic  # noqa: F401  (register on import)
+from osteo_tf.models.applications import KERAS_WEIGHTS_DIR
 from osteo_tf.models.registry import (
-    HEAD_KINDS,
-    KERAS_WEIGHTS_DIR,
-    SCALINGS,
-    ModelSpec,
-    PaperCount,
-    WeightsUnavailableError,
+    SPECS,
     backbone_layers,
     build,
     build_info,
@@ -32,18 +31,28 @@ from osteo_tf.models.registry import (
     info_dict,
     names,
     param_table,
-    scale_images,
     set_trainable,
 )
-from osteo_tf.models.studies import STUDY04_HYPERPARAMS, STUDY04_MODELS, study04_tunable
+from osteo_tf.models.spec import (
+    HEAD_KINDS,
+    RANDOM_INIT_BN_MOMENTUM,
+    SCALINGS,
+    ModelSpec,
+    PaperCount,
+    WeightsUnavailableError,
+    scale_images,
+    set_random_init_batchnorm,
+)
+from osteo_tf.models.studies import STUDY04_MODELS, study04_tunable
 
 __all__ = [
     "HEAD_KINDS",
     "KERAS_WEIGHTS_DIR",
+    "RANDOM_INIT_BN_MOMENTUM",
     "SCALINGS",
+    "SPECS",
     "ModelSpec",
     "PaperCount",
-    "STUDY04_HYPERPARAMS",
     "STUDY04_MODELS",
     "WeightsUnavailableError",
     "backbone_layers",
@@ -56,6 +65,7 @@ __all__ = [
     "names",
     "param_table",
     "scale_images",
+    "set_random_init_batchnorm",
     "set_trainable",
     "study04_tunable",
 ]

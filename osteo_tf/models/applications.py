@@ -3,14 +3,21 @@
 Each backbone is called with ``include_top=False`` and its output feeds our head directly, so
 the classifier is one flat graph. ``weights="imagenet"`` is the real path: Keras looks for the
 file in ``~/.keras/models`` and downloads it when it can; :func:`osteo_tf.models.build` turns
-the offline failure into ``WeightsUnavailableError`` naming the file (:func:`weights_file_name`).
+the offline failure into ``WeightsUnavailableError`` naming the file to place
+(:func:`weights_file_name`, :func:`missing_weights_message`). ``SPECS`` lists the backbones, in
+registry order.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+import os
+from typing import Any
 
-from osteo_tf.models.registry import Built, ModelSpec, PaperCount, register, softmax_head
+from osteo_tf.models.spec import Built, ModelSpec, PaperCount, softmax_head
+
+KERAS_WEIGHTS_DIR = "~/.keras/models"
+"""Where Keras looks for (and caches) downloaded weight files."""
 
 _STUDY01 = "study 01 Table 1 (ImageNet model with its 1000-class top)"
 _MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)
@@ -42,66 +49,78 @@ def weights_file_name(name: str, input_shape: tuple[int, ...], head: str) -> str
     }[name]
 
 
-def _reject_options(name: str, options: dict[str, Any]) -> None:
-    if options:
-        raise ValueError(f"Unknown option(s) for {name}: {sorted(options)}. {name} takes none.")
+def is_download_failure(err: BaseException) -> bool:
+    """Whether ``err`` is Keras failing to fetch a weights file (offline, or a corrupted file).
+
+    ``keras.utils.get_file`` raises a bare ``Exception("URL fetch failure on ...")`` offline.
+    """
+    text = str(err)
+    return type(err) is Exception or isinstance(err, OSError) or "fetch failure" in text or "corrupted" in text
 
 
-def _app_builder(
-    name: str,
-    constructor: Callable[[], Callable[..., Any]],
-    *,
+def missing_weights_message(name: str, input_shape: tuple[int, ...], head: str, err: Any) -> str:
+    """What to do when the ImageNet weights of backbone ``name`` could not be loaded."""
+    fname = weights_file_name(name, input_shape, head)
+    return (
+        f"ImageNet weights for {name} could not be loaded ({err}). On a machine with network "
+        "access Keras downloads and caches them; offline, copy the file "
+        f"{fname!r} into {KERAS_WEIGHTS_DIR} (i.e. {os.path.expanduser(KERAS_WEIGHTS_DIR)}) and "
+        "build again, or pass allow_random_init=True to train from random weights (the run "
+        "then records weights='random (imagenet unavailable)')."
+    )
+
+
+def _build_backbone(
+    constructor: str,
     extra: dict[str, Any] | None = None,
     rename_last: str | None = None,
     paper_dense_units: int | None = None,
-) -> Callable[..., Built]:
-    """A builder for one keras.applications constructor (thin variant of one generic builder)."""
-
-    def builder(
-        *,
-        weights: str | None,
-        input_shape: tuple[int, int, int],
-        num_classes: int,
-        head: str,
-        dropout: float | None,
-        dense_units: int | None,
-        **options: Any,
-    ) -> Built:
-        _reject_options(name, options)
-        base = constructor()(include_top=False, weights=weights, input_shape=input_shape, **(extra or {}))
-        if rename_last is not None:
-            base.layers[-1].name = rename_last
-        units = dense_units
-        if head == "paper" and units is None:
-            units = paper_dense_units
-        outputs, head_names = softmax_head(
-            base.output, num_classes=num_classes, dropout=dropout, dense_units=units
-        )
-        return Built(base.input, outputs, head_names)
-
-    return builder
-
-
-def _build_vgg16(
+    /,
     *,
-    weights: str | None,
     input_shape: tuple[int, int, int],
     num_classes: int,
-    head: str,
-    dropout: float | None,
-    dense_units: int | None,
-    **options: Any,
+    weights: str | None = None,
+    head: str = "softmax",
+    dropout: float | None = None,
+    dense_units: int | None = None,
+) -> Built:
+    """One keras.applications backbone (``keras.applications.<constructor>``) + the softmax head.
+
+    The positional arguments configure the variant (bound by ``functools.partial`` in ``SPECS``):
+    constructor keyword arguments ``extra``, a new name for the last layer (``rename_last``) and
+    the hidden Dense units of ``head="paper"`` (``paper_dense_units``; ``None`` = the plain head).
+    """
+    import keras
+
+    base = getattr(keras.applications, constructor)(
+        include_top=False, weights=weights, input_shape=input_shape, **(extra or {})
+    )
+    if rename_last is not None:
+        base.layers[-1].name = rename_last
+    units = dense_units
+    if head == "paper" and units is None:
+        units = paper_dense_units
+    outputs, head_names = softmax_head(base.output, num_classes=num_classes, dropout=dropout, dense_units=units)
+    return Built(base.input, outputs, head_names)
+
+
+def build_vgg16(
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    weights: str | None = None,
+    head: str = "paper",
+    dropout: float | None = None,
+    dense_units: int | None = None,
 ) -> Built:
     """VGG16; ``head="paper"`` keeps fc1/fc2 (4096 each) and replaces only the 1000-way layer."""
     import keras
 
-    _reject_options("vgg16", options)
     if head != "paper":
-        base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=input_shape)
-        outputs, head_names = softmax_head(
-            base.output, num_classes=num_classes, dropout=dropout, dense_units=dense_units
+        return _build_backbone(
+            "VGG16", input_shape=input_shape, num_classes=num_classes, weights=weights, head=head,
+            dropout=dropout, dense_units=dense_units,
         )
-        return Built(base.input, outputs, head_names)
     if weights == "imagenet" and tuple(input_shape) != (224, 224, 3):
         raise ValueError(
             "vgg16 with head='paper' and ImageNet weights keeps the pretrained fc1/fc2 layers, "
@@ -120,18 +139,9 @@ def _build_vgg16(
     return Built(base.input, outputs, head_names)
 
 
-def _app(name: str) -> Callable[[], Callable[..., Any]]:
-    def get() -> Callable[..., Any]:
-        import keras
-
-        return getattr(keras.applications, name)
-
-    return get
-
-
 _COMMON = dict(family="keras.applications", heads=("softmax", "paper"), imagenet=True)
 
-register(
+SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="resnet50",
         description="ResNet50 (keras.applications); studies 01, 02, 03",
@@ -140,12 +150,10 @@ register(
         default_head="softmax",
         last_conv="conv5_block3_out",
         input_scaling="caffe",
-        builder=_app_builder("resnet50", _app("ResNet50")),
+        builder=functools.partial(_build_backbone, "ResNet50"),
         paper_params=(PaperCount(25_636_712, _STUDY01, num_classes=1000, counts="total"),),
         **_COMMON,
-    )
-)
-register(
+    ),
     ModelSpec(
         name="inceptionv3",
         description="InceptionV3 (keras.applications); study 01",
@@ -154,12 +162,10 @@ register(
         default_head="softmax",
         last_conv="mixed10",
         input_scaling="tf",
-        builder=_app_builder("inceptionv3", _app("InceptionV3")),
+        builder=functools.partial(_build_backbone, "InceptionV3"),
         paper_params=(PaperCount(23_851_784, _STUDY01, num_classes=1000, counts="total"),),
         **_COMMON,
-    )
-)
-register(
+    ),
     ModelSpec(
         name="mobilenetv2",
         description="MobileNetV2 alpha 1.0 (keras.applications); study 01",
@@ -168,17 +174,15 @@ register(
         default_head="softmax",
         last_conv="out_relu",
         input_scaling="tf",
-        builder=_app_builder("mobilenetv2", _app("MobileNetV2")),
+        builder=functools.partial(_build_backbone, "MobileNetV2"),
         paper_params=(PaperCount(3_538_984, _STUDY01, num_classes=1000, counts="total"),),
         **_COMMON,
-    )
-)
-for _kind, _ctor in (("small", "MobileNetV3Small"), ("large", "MobileNetV3Large")):
-    register(
+    ),
+    *(
         ModelSpec(
-            name=f"mobilenetv3{_kind}",
+            name=f"mobilenetv3{kind}",
             description=(
-                f"MobileNetV3-{_kind.capitalize()} (keras.applications, built-in rescaling off); "
+                f"MobileNetV3-{kind.capitalize()} (keras.applications, built-in rescaling off); "
                 "study 05 (head='paper': GAP -> Dense 1024 relu -> softmax)"
             ),
             paper_input_size=224,
@@ -186,18 +190,14 @@ for _kind, _ctor in (("small", "MobileNetV3Small"), ("large", "MobileNetV3Large"
             default_head="softmax",
             last_conv="conv_1_hard_swish",
             input_scaling="tf",
-            builder=_app_builder(
-                f"mobilenetv3{_kind}",
-                _app(_ctor),
-                extra={"include_preprocessing": False},
-                rename_last="conv_1_hard_swish",
-                paper_dense_units=1024,
+            builder=functools.partial(
+                _build_backbone, constructor, {"include_preprocessing": False}, "conv_1_hard_swish", 1024
             ),
             notes="Study 05 does not say Small or Large; both are registered.",
             **_COMMON,
         )
-    )
-register(
+        for kind, constructor in (("small", "MobileNetV3Small"), ("large", "MobileNetV3Large"))
+    ),
     ModelSpec(
         name="efficientnetb0",
         description="EfficientNetB0 (keras.applications, normalises inside: feed [0, 255]); study 05",
@@ -206,11 +206,9 @@ register(
         default_head="softmax",
         last_conv="top_activation",
         input_scaling="[0,255]",
-        builder=_app_builder("efficientnetb0", _app("EfficientNetB0"), paper_dense_units=1024),
+        builder=functools.partial(_build_backbone, "EfficientNetB0", None, None, 1024),
         **_COMMON,
-    )
-)
-register(
+    ),
     ModelSpec(
         name="densenet121",
         description="DenseNet-121 (keras.applications); study 04",
@@ -219,11 +217,9 @@ register(
         default_head="softmax",
         last_conv="relu",
         input_scaling="torch",
-        builder=_app_builder("densenet121", _app("DenseNet121")),
+        builder=functools.partial(_build_backbone, "DenseNet121"),
         **_COMMON,
-    )
-)
-register(
+    ),
     ModelSpec(
         name="vgg16",
         description="VGG16 (keras.applications); studies 03, 04 (head='paper' keeps fc1/fc2)",
@@ -232,15 +228,13 @@ register(
         default_head="paper",
         last_conv="block5_conv3",
         input_scaling="caffe",
-        builder=_build_vgg16,
+        builder=build_vgg16,
         paper_params=(
             PaperCount(1.343e8, "study 04 text, approach 1 (all layers retrained)", head="paper"),
             PaperCount(8.194e3, "study 04 text, approach 2 (new layer only)", trainable="head", head="paper"),
         ),
         **_COMMON,
-    )
-)
-register(
+    ),
     ModelSpec(
         name="xception",
         description="Xception (keras.applications); study 03",
@@ -249,7 +243,8 @@ register(
         default_head="softmax",
         last_conv="block14_sepconv2_act",
         input_scaling="tf",
-        builder=_app_builder("xception", _app("Xception")),
+        builder=functools.partial(_build_backbone, "Xception"),
         **_COMMON,
-    )
+    ),
 )
+"""The keras.applications backbones, in registry order."""

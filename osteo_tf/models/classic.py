@@ -7,23 +7,17 @@ weights converted elsewhere load from a ``.weights.h5`` path by layer name. Layo
 reference implementations the studies used (torchvision / the original papers), so parameter
 counts can be checked against the papers (``osteo_tf.models.param_table``). The trunk is the
 "backbone"; the head is the standard new head, or the architecture's own classifier with its last
-layer replaced (``head="paper"``).
+layer replaced (``head="paper"``). ``SPECS`` lists them, in registry order.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from osteo_tf.models.registry import Built, ModelSpec, PaperCount, register, softmax_head
+from osteo_tf.models.spec import Built, ModelSpec, PaperCount, softmax_head
 
 _STUDY01 = "study 01 Table 1 (ImageNet model with its 1000-class top)"
 _STUDY04_A2 = "study 04 text, approach 2 (new layer only)"
-
-
-def _reject_options(name: str, options: dict[str, Any], allowed: tuple[str, ...] = ()) -> None:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"Unknown option(s) for {name}: {unknown}. Allowed: {list(allowed)}")
 
 
 def _input(input_shape: tuple[int, int, int]) -> Any:
@@ -42,13 +36,11 @@ ALEXNET_DROPOUT = 0.5
 
 def build_alexnet(
     *,
-    weights: str | None,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "paper",
     dropout: float | None = None,
     dense_units: int | None = None,
-    **options: Any,
 ) -> Built:
     """AlexNet, torchvision's single-tower, BN-free layout (64-192-384-256-256 filters).
 
@@ -60,7 +52,6 @@ def build_alexnet(
     """
     from keras import layers
 
-    _reject_options("alexnet", options)
     if head == "paper" and dense_units is not None:
         raise ValueError(
             "alexnet head='paper' already has fc6/fc7; dense_units applies to head='softmax'. "
@@ -127,13 +118,11 @@ def _inception(x: Any, cfg: tuple[int, ...], name: str) -> Any:
 
 def build_googlenet(
     *,
-    weights: str | None,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "softmax",
     dropout: float | None = None,
     dense_units: int | None = None,
-    **options: Any,
 ) -> Built:
     """GoogLeNet / Inception v1 as in the paper (true 5x5 branches, no BatchNorm, no auxiliary
     heads; the LRN layers are omitted: they have no parameters and Keras has no layer for them).
@@ -143,7 +132,6 @@ def build_googlenet(
     """
     from keras import layers
 
-    _reject_options("googlenet", options)
     inputs = _input(input_shape)
     x = _conv_relu(inputs, 64, 7, "conv1_7x7_s2", strides=2)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_3x3_s2")(x)
@@ -193,14 +181,12 @@ def _fire(x: Any, index: int) -> Any:
 
 def build_squeezenet(
     *,
-    weights: str | None,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "softmax",
     dropout: float | None = None,
     dense_units: int | None = None,
     version: str = "1.0",
-    **options: Any,
 ) -> Built:
     """SqueezeNet (Iandola et al. 2016), torchvision layout; ``version`` "1.0" (default) or "1.1".
 
@@ -213,7 +199,6 @@ def build_squeezenet(
     """
     from keras import layers
 
-    _reject_options("squeezenet", options)
     if version not in SQUEEZENET_VERSIONS:
         raise ValueError(f"version must be one of {list(SQUEEZENET_VERSIONS)}. Received: version={version!r}")
     filters, kernel, pool_after = SQUEEZENET_VERSIONS[version]
@@ -277,20 +262,17 @@ def _basic_block(x: Any, filters: int, strides: int, name: str) -> Any:
 
 def build_resnet18(
     *,
-    weights: str | None,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "softmax",
     dropout: float | None = None,
     dense_units: int | None = None,
-    **options: Any,
 ) -> Built:
     """ResNet-18 (He et al. 2016, basic blocks, BN), torchvision layout, keras.applications
     names (``conv2_block1_out`` ... ``conv5_block2_out``). The paper head is GAP -> FC, i.e. the
     softmax head."""
     from keras import layers
 
-    _reject_options("resnet18", options)
     inputs = _input(input_shape)
     x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = layers.Conv2D(64, 7, strides=2, use_bias=False, name="conv1_conv")(x)
@@ -309,7 +291,7 @@ def build_resnet18(
 _COMMON = dict(family="classic", heads=("softmax", "paper"), imagenet=False, input_scaling="torch")
 _TORCH_NOTE = "input_scaling 'torch' matches torchvision-converted weights; irrelevant for random init."
 
-register(
+SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="alexnet",
         description="AlexNet (torchvision single-tower layout, BN-free); studies 01, 03, 04",
@@ -325,9 +307,7 @@ register(
         notes="torchvision layout (61.1M params at 1000 classes) vs the grouped two-tower original "
         "(61.0M) MATLAB ships; adaptive 6x6 avg-pool omitted. " + _TORCH_NOTE,
         **_COMMON,
-    )
-)
-register(
+    ),
     ModelSpec(
         name="googlenet",
         description="GoogLeNet / Inception v1 (no BN, no aux heads); study 01",
@@ -339,9 +319,7 @@ register(
         paper_params=(PaperCount(6_797_700, _STUDY01, num_classes=1000, counts="total"),),
         notes="LRN layers omitted (parameter-free). " + _TORCH_NOTE,
         **_COMMON,
-    )
-)
-register(
+    ),
     ModelSpec(
         name="squeezenet",
         description="SqueezeNet 1.0 (option version='1.1'); study 04",
@@ -356,9 +334,7 @@ register(
         notes="Default version 1.0 reproduces study 04's 7.364e5 count; 1.1 needs 31 px minimum. "
         + _TORCH_NOTE,
         **_COMMON,
-    )
-)
-register(
+    ),
     ModelSpec(
         name="resnet18",
         description="ResNet-18 (basic blocks, BN); study 04",
@@ -370,5 +346,6 @@ register(
         paper_params=(PaperCount(1.026e3, _STUDY04_A2, trainable="head", head="paper"),),
         notes=_TORCH_NOTE,
         **_COMMON,
-    )
+    ),
 )
+"""The classic architectures, in registry order."""

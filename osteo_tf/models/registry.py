@@ -1,14 +1,14 @@
-"""The model registry: specs, ``build``, heads, trainable modes, weights, ``build_info``.
+"""The model registry: ``SPECS``, ``names``, ``get_spec``, ``build``, trainable modes, ``build_info``.
+
+``SPECS`` is assembled from the family modules in a stated order: the keras.applications
+backbones (``applications.SPECS``), the classic nets Keras lacks (``classic.SPECS``), the studies'
+own CNNs (``studies.SPECS``). The families import only ``spec``; this module imports them.
 
 Every classifier is ONE flat functional graph, ``keras.Model(trunk_input, head(trunk_output))``:
-no backbone is ever nested as a layer (Grad-CAM tools cannot see inside nested models, see
-``/work/shared/reliability.md``). Every layer has a deterministic name: layers that Keras names
-automatically (``conv2d_94``, ``re_lu_3``...) are renamed in graph order as a fresh session would
-name them, so names do not depend on what was built before.
-
-The builders live in ``applications.py`` (keras.applications backbones), ``classic.py`` (AlexNet,
-GoogLeNet, SqueezeNet, ResNet-18) and ``studies.py`` (the studies' own CNNs); each registers
-itself here with a :class:`ModelSpec`.
+no backbone is ever nested as a layer (Grad-CAM tools cannot see inside a nested model: they
+look for the target layer in the outer model's graph). Every layer has a deterministic name:
+layers that Keras names automatically (``conv2d_94``, ``re_lu_3``...) are renamed in graph order
+as a fresh session would name them, so names do not depend on what was built before.
 """
 
 from __future__ import annotations
@@ -16,248 +16,51 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-HeadKind = Literal["softmax", "paper"]
-Scaling = Literal["torch", "caffe", "tf", "[0,1]", "[0,255]"]
+from osteo_tf.models import applications, classic, studies
+from osteo_tf.models.spec import HeadKind, ModelSpec, PaperCount, WeightsUnavailableError
 
-HEAD_KINDS = ("softmax", "paper")
-SCALINGS = ("torch", "caffe", "tf", "[0,1]", "[0,255]")
-KERAS_WEIGHTS_DIR = "~/.keras/models"
-"""Where Keras looks for (and caches) downloaded weight files."""
-
-_IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _INFO_ATTR = "_osteo_tf_info"
 _FETCH_FAILED: dict[tuple, str] = {}
 """ImageNet weight files whose download already failed in this process (name, file) -> message."""
 
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights were asked for but cannot be loaded (offline, or none exist)."""
-
-
-@dataclass(frozen=True)
-class PaperCount:
-    """A parameter count printed in a paper, with the conditions under which it was counted.
-
-    Attributes:
-        params: the number as printed (rounded numbers stay rounded, e.g. ``60e6``).
-        source: where it is printed, e.g. ``"study 01 Table 1"``.
-        num_classes: classes of the output layer the count includes (1000 = ImageNet top).
-        counts: ``"total"`` (every weight, as Keras' ``count_params``) or ``"trainable"``.
-        trainable: the trainable mode the count refers to (``"all"`` or ``"head"``).
-        head: the head kind it implies (``None`` = the model's default head).
-    """
-
-    params: float
-    source: str
-    num_classes: int = 2
-    counts: Literal["total", "trainable"] = "trainable"
-    trainable: Literal["all", "head"] = "all"
-    head: str | None = None
+SPECS: tuple[ModelSpec, ...] = applications.SPECS + classic.SPECS + studies.SPECS
+"""Every registered model, in registry order: backbones, classic nets, the studies' CNNs."""
 
 
-@dataclass(frozen=True)
-class Built:
-    """What a builder hands back to :func:`build` (private protocol between modules).
-
-    Attributes:
-        inputs: the model's input tensor.
-        outputs: the model's output tensor (head included).
-        head_layers: names of the layers that form the new head (trained by ``trainable="head"``).
-    """
-
-    inputs: Any
-    outputs: Any
-    head_layers: tuple[str, ...]
+def _index(specs: Sequence[ModelSpec]) -> dict[str, ModelSpec]:
+    by_name: dict[str, ModelSpec] = {}
+    for spec in specs:
+        if spec.name in by_name:
+            raise ValueError(f"Model names must be unique. Received: name={spec.name!r} twice")
+        by_name[spec.name] = spec
+    return by_name
 
 
-Builder = Callable[..., Built]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a registered model is built and fed.
-
-    Attributes:
-        name: the registry name (lowercase).
-        family: ``"keras.applications"``, ``"classic"`` (built here, no Keras weights) or
-            ``"study"`` (a study's own CNN).
-        description: one line.
-        paper_input_size: the square input size (px) the papers use.
-        min_input_size: the smallest square input the architecture accepts (px).
-        default_head: the head used when ``build(..., head=None)``.
-        heads: the head kinds the builder accepts.
-        last_conv: name of the last convolutional feature layer (4-D output), the
-            ``penultimate_layer`` for Grad-CAM.
-        input_scaling: what the trunk expects, in ``keras.applications.*.preprocess_input``
-            terms: ``"caffe"`` (BGR, 0-255, ImageNet mean subtracted), ``"torch"`` ([0, 1],
-            ImageNet mean/std normalised), ``"tf"`` ([-1, 1]), ``"[0,255]"`` (the model
-            normalises inside, EfficientNet) or ``"[0,1]"`` (the studies' own CNNs).
-        output: ``"softmax"`` (num_classes units) or ``"sigmoid"`` (ONE unit: the probability
-            of the second class; ``num_classes`` must be 2).
-        channels: the input channel counts accepted.
-        imagenet: whether Keras can provide ImageNet weights for it.
-        paper_params: parameter counts the papers print (see :class:`PaperCount`).
-        notes: what is our choice rather than the paper's.
-    """
-
-    name: str
-    family: str
-    description: str
-    paper_input_size: int
-    min_input_size: int
-    default_head: str
-    heads: tuple[str, ...]
-    last_conv: str
-    input_scaling: str
-    builder: Builder = field(repr=False, compare=False)
-    output: str = "softmax"
-    channels: tuple[int, ...] = (3,)
-    imagenet: bool = False
-    paper_params: tuple[PaperCount, ...] = ()
-    notes: str = ""
-
-    @property
-    def penultimate_layer(self) -> str:
-        """Alias of ``last_conv`` under tf-keras-vis' name."""
-        return self.last_conv
-
-    def preprocess(self, x: Any) -> Any:
-        """Map images in [0, 1] to what this model's trunk expects.
-
-        Used by the tf.data pipeline (never inside the model). Works on NumPy arrays and on
-        TensorFlow tensors (inside ``Dataset.map``) alike.
-
-        Args:
-            x: (..., H, W, 3) float in [0, 1] (1 channel for the studies' own CNNs).
-
-        Returns:
-            The same shape, float32, scaled per ``input_scaling``.
-        """
-        return scale_images(x, self.input_scaling)
-
-
-def scale_images(x: Any, scaling: str) -> Any:
-    """Scale [0, 1] images per a ``keras.applications`` convention (see ``ModelSpec``).
-
-    Args:
-        x: (..., H, W, C) NumPy array or tensor, float in [0, 1].
-        scaling: one of ``SCALINGS``.
-
-    Raises:
-        ValueError: for an unknown ``scaling``.
-    """
-    if scaling not in SCALINGS:
-        raise ValueError(f"scaling must be one of {SCALINGS}. Received: scaling={scaling!r}")
-    if isinstance(x, np.ndarray):
-        x = x.astype(np.float32, copy=False)
-    else:
-        import tensorflow as tf
-
-        x = tf.cast(x, tf.float32)
-    if scaling == "[0,1]":
-        return x
-    if scaling == "[0,255]":
-        return x * 255.0
-    if scaling == "tf":
-        return x * 2.0 - 1.0
-    if scaling == "torch":
-        return (x - _IMAGENET_MEAN_RGB) / _IMAGENET_STD_RGB
-    # caffe: RGB -> BGR, 0-255, ImageNet channel means subtracted, no scaling
-    return x[..., ::-1] * 255.0 - _CAFFE_MEAN_BGR
-
-
-_REGISTRY: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    """Add ``spec`` to the registry (used by the builder modules at import)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"Model {spec.name!r} is registered twice.")
-    if spec.default_head not in spec.heads:
-        raise ValueError(f"{spec.name}: default_head {spec.default_head!r} not in {spec.heads}")
-    if spec.input_scaling not in SCALINGS:
-        raise ValueError(f"{spec.name}: input_scaling {spec.input_scaling!r} not in {SCALINGS}")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _ensure_loaded() -> None:
-    # The builder modules register on import; importing them here keeps registry.py free of
-    # import cycles (they import registry, not the other way round at module level).
-    from osteo_tf.models import applications, classic, studies  # noqa: F401
+_BY_NAME = _index(SPECS)
 
 
 def names() -> list[str]:
     """Return the registered model names, in registry order (backbones, classic, studies)."""
-    _ensure_loaded()
-    return list(_REGISTRY)
+    return [spec.name for spec in SPECS]
 
 
 _all_names = names  # param_table has an argument called ``names``
 
 
 def get_spec(name: str) -> ModelSpec:
-    """Return the :class:`ModelSpec` of ``name``.
+    """Return the :class:`ModelSpec` of ``name`` (case-insensitive).
 
     Raises:
         ValueError: for an unknown name; the message lists the known names.
     """
-    _ensure_loaded()
-    if not isinstance(name, str) or name.lower() not in _REGISTRY:
-        raise ValueError(f"Unknown model. Expected one of {list(_REGISTRY)}. Received: name={name!r}")
-    return _REGISTRY[name.lower()]
-
-
-# ----------------------------------------------------------------------------------------------
-# heads
-
-
-def softmax_head(
-    x: Any,
-    *,
-    num_classes: int,
-    dropout: float | None = None,
-    dense_units: int | None = None,
-    pool: bool = True,
-    output: str = "softmax",
-) -> tuple[Any, tuple[str, ...]]:
-    """The standard new head: ``head_gap -> [head_dense relu] -> [head_dropout] -> predictions``.
-
-    Args:
-        x: a 4-D feature map (``pool=True``) or a 2-D feature vector (``pool=False``).
-        num_classes: output classes (softmax) — ignored for ``output="sigmoid"`` (1 unit).
-        dropout: rate of a Dropout layer before ``predictions`` (``None``/0 = none).
-        dense_units: units of a hidden ReLU Dense layer (study 05: 1024); ``None`` = none.
-        pool: apply GlobalAveragePooling2D first.
-        output: ``"softmax"`` or ``"sigmoid"``.
-
-    Returns:
-        The output tensor and the names of the head's layers.
-    """
-    from keras import layers
-
-    names_: list[str] = []
-    if pool:
-        x = layers.GlobalAveragePooling2D(name="head_gap")(x)
-        names_.append("head_gap")
-    if dense_units:
-        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
-        names_.append("head_dense")
-    if dropout:
-        x = layers.Dropout(dropout, name="head_dropout")(x)
-        names_.append("head_dropout")
-    units = 1 if output == "sigmoid" else num_classes
-    x = layers.Dense(units, activation=output, name="predictions")(x)
-    names_.append("predictions")
-    return x, tuple(names_)
+    if not isinstance(name, str) or name.lower() not in _BY_NAME:
+        raise ValueError(f"Unknown model. Expected one of {names()}. Received: name={name!r}")
+    return _BY_NAME[name.lower()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,23 +140,10 @@ def expected_weights_file(name: str, input_shape: Sequence[int], head: str | Non
 
     Returns ``None`` for models without Keras ImageNet weights.
     """
-    from osteo_tf.models.applications import weights_file_name
-
     spec = get_spec(name)
     if not spec.imagenet:
         return None
-    return weights_file_name(spec.name, tuple(input_shape), head or spec.default_head)
-
-
-def _is_fetch_failure(err: BaseException) -> bool:
-    # keras.utils.get_file raises a bare Exception("URL fetch failure on ...") offline.
-    text = str(err)
-    return (
-        type(err) is Exception
-        or isinstance(err, OSError)
-        or "fetch failure" in text
-        or "corrupted" in text
-    )
+    return applications.weights_file_name(spec.name, tuple(input_shape), head or spec.default_head)
 
 
 def _unavailable_message(spec: ModelSpec, input_shape: tuple[int, ...], head: str, err: Any) -> str:
@@ -363,14 +153,7 @@ def _unavailable_message(spec: ModelSpec, input_shape: tuple[int, ...], head: st
             "osteo_tf). Pass weights=None (random initialisation), weights='<file>.weights.h5' "
             "(weights you converted, loaded by layer name), or allow_random_init=True."
         )
-    fname = expected_weights_file(spec.name, input_shape, head)
-    return (
-        f"ImageNet weights for {spec.name} could not be loaded ({err}). On a machine with network "
-        "access Keras downloads and caches them; offline, copy the file "
-        f"{fname!r} into {KERAS_WEIGHTS_DIR} (i.e. {os.path.expanduser(KERAS_WEIGHTS_DIR)}) and "
-        "build again, or pass allow_random_init=True to train from random weights (the run "
-        "then records weights='random (imagenet unavailable)')."
-    )
+    return applications.missing_weights_message(spec.name, input_shape, head, err)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -541,13 +324,15 @@ def build(
         trainable: ``"all"``, ``"head"`` or an int N (freeze the first N backbone layers); see
             :func:`set_trainable`.
         **options: builder-specific options (e.g. ``version="1.1"`` for squeezenet,
-            ``filters=`` for study01_cnn, ``block_pooling=True`` for study03_multibranch).
+            ``filters=`` for study01_cnn, ``block_pooling=True`` for study03_multibranch),
+            passed to the builder as keyword arguments.
 
     Returns:
         The model; ``build_info(model)`` describes it.
 
     Raises:
-        ValueError: bad name, shape, classes, head or trainable mode.
+        ValueError: bad name, shape, classes, head, dropout, dense_units or trainable mode.
+        TypeError: an option (or ``dense_units``) the model's builder does not take.
         WeightsUnavailableError: ImageNet weights unavailable and ``allow_random_init`` False.
         FileNotFoundError: ``weights`` is neither None, "imagenet" nor an existing file.
     """
@@ -571,17 +356,20 @@ def build(
             f"Received: weights={weights!r}"
         )
 
-    kwargs = dict(
-        input_shape=shape,
-        num_classes=int(num_classes),
-        head=head,
-        dropout=dropout,
-        dense_units=dense_units,
-        **options,
-    )
+    kwargs: dict[str, Any] = dict(input_shape=shape, num_classes=int(num_classes), head=head)
+    if dropout is not None:
+        kwargs["dropout"] = dropout
+    if dense_units is not None:
+        kwargs["dense_units"] = dense_units
+    kwargs.update(options)
+
+    def call_builder(keras_weights: str | None) -> Any:
+        # only the families with Keras weights take ``weights``; the others never see "imagenet"
+        return spec.builder(**kwargs, weights=keras_weights) if spec.imagenet else spec.builder(**kwargs)
+
     fetch_key = (spec.name, expected_weights_file(spec.name, shape, head))
     if keras_weights == "imagenet" and fetch_key in _FETCH_FAILED:
-        # Already failed in this process: do not wait for another network timeout (~10 s offline).
+        # Already failed in this process: do not wait for another network timeout.
         message = _FETCH_FAILED[fetch_key]
         if not allow_random_init:
             raise WeightsUnavailableError(message)
@@ -594,9 +382,9 @@ def build(
         warnings.warn(f"{err} Building with random weights (allow_random_init=True).", stacklevel=2)
         keras_weights, weights_label = None, "random (imagenet unavailable)"
     try:
-        built = spec.builder(weights=keras_weights, **kwargs)
+        built = call_builder(keras_weights)
     except Exception as err:  # noqa: BLE001 - keras raises a bare Exception when offline
-        if keras_weights != "imagenet" or not _is_fetch_failure(err):
+        if keras_weights != "imagenet" or not applications.is_download_failure(err):
             raise
         message = _unavailable_message(spec, shape, head, err)
         _FETCH_FAILED[fetch_key] = message
@@ -604,7 +392,7 @@ def build(
             raise WeightsUnavailableError(message) from err
         warnings.warn(f"{message} Building with random weights (allow_random_init=True).", stacklevel=2)
         weights_label = "random (imagenet unavailable)"
-        built = spec.builder(weights=None, **kwargs)
+        built = call_builder(None)
 
     model = keras.Model(built.inputs, built.outputs, name=spec.name)
     _rename_auto_layers(model)

@@ -1,15 +1,20 @@
 """The studies' own CNNs: study 01's small CNN, study 03's multi-branch DCNN (Table 1), study 04's
 four ad-hoc CNNs (Table II) and a KerasTuner hypermodel for study 04's search.
 
-They take 1 or 3 input channels and [0, 1] images. Parameter counts against the papers:
+They take 1 or 3 input channels and [0, 1] images and have no pretrained weights. Their
+BatchNorm layers are built with Keras' default momentum; ``osteo_tf.experiments.build_model``
+applies :func:`osteo_tf.models.spec.set_random_init_batchnorm` before a run trains one from
+scratch. Parameter counts against the papers:
 ``osteo_tf.models.param_table(names=[...])`` (numbers are also pinned in tests/test_models.py).
+``SPECS`` lists the models, in registry order.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
-from osteo_tf.models.registry import Built, ModelSpec, PaperCount, register, softmax_head
+from osteo_tf.models.spec import Built, ModelSpec, PaperCount, softmax_head
 
 # ----------------------------------------------------------------------------------------------
 # study 01: 4 conv layers (max-pool after the first 3) + 1 fully connected softmax layer
@@ -19,32 +24,19 @@ STUDY01_FILTERS = (32, 64, 128, 128)
 STUDY01_KERNEL = 3
 
 
-def _reject_options(name: str, options: dict[str, Any], allowed: Sequence[str] = ()) -> None:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"Unknown option(s) for {name}: {unknown}. Allowed: {list(allowed)}")
-
-
-def _no_dense_units(name: str, dense_units: Any) -> None:
-    if dense_units is not None:
-        raise ValueError(
-            f"{name} has the paper's fixed classifier; dense_units is not an option. "
-            f"Received: dense_units={dense_units!r}"
-        )
-
-
 def _conv_bn_relu(x: Any, filters: int, kernel: int, name: str, padding: str = "same", *,
-                  use_bias: bool = True, momentum: float = 0.99) -> Any:
+                  use_bias: bool = True) -> Any:
     from keras import layers
 
     x = layers.Conv2D(filters, kernel, padding=padding, use_bias=use_bias, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def _four_conv_trunk(name: str, input_shape: tuple[int, int, int], filters: Sequence[int], **conv: Any) -> tuple[Any, Any]:
+def _four_conv_trunk(name: str, input_shape: tuple[int, int, int], filters: Sequence[int], *,
+                     use_bias: bool = True) -> tuple[Any, Any]:
     """``(inputs, features)``: conv1-conv4 (3x3, BN, ReLU) with a 2x2 max-pool after conv1-conv3,
-    the trunk of study01_cnn and compact_cnn; ``conv`` goes to :func:`_conv_bn_relu`."""
+    the trunk of study01_cnn and compact_cnn; ``use_bias`` goes to the convolutions."""
     from keras import layers
     import keras
 
@@ -54,7 +46,7 @@ def _four_conv_trunk(name: str, input_shape: tuple[int, int, int], filters: Sequ
     inputs = keras.Input(shape=input_shape, name="input")
     x = inputs
     for i, f in enumerate(filters, start=1):
-        x = _conv_bn_relu(x, f, STUDY01_KERNEL, f"conv{i}", **conv)
+        x = _conv_bn_relu(x, f, STUDY01_KERNEL, f"conv{i}", use_bias=use_bias)
         if i < 4:
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     return inputs, x
@@ -62,14 +54,11 @@ def _four_conv_trunk(name: str, input_shape: tuple[int, int, int], filters: Sequ
 
 def build_study01_cnn(
     *,
-    weights: str | None,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "paper",
     dropout: float | None = None,
-    dense_units: int | None = None,
     filters: Sequence[int] = STUDY01_FILTERS,
-    **options: Any,
 ) -> Built:
     """Study 01's CNN trained from scratch: conv1-conv4 (3x3, same padding, BN, ReLU), a 2x2
     max-pool after conv1-conv3, flatten, one fully connected softmax layer.
@@ -79,8 +68,6 @@ def build_study01_cnn(
     """
     from keras import layers
 
-    _reject_options("study01_cnn", options)
-    _no_dense_units("study01_cnn", dense_units)
     inputs, x = _four_conv_trunk("study01_cnn", input_shape, filters)
     x = layers.Flatten(name="flatten")(x)
     outputs, head_names = softmax_head(x, num_classes=num_classes, dropout=dropout, pool=False)
@@ -91,34 +78,25 @@ def build_study01_cnn(
 # compact_cnn: not from a paper, the quick profile's CPU model for the knee
 
 COMPACT_FILTERS = (16, 32, 64, 64)
-COMPACT_BN_MOMENTUM = 0.9
-"""Keras' default 0.99 leaves the moving statistics near their initial values after the ~100-200
-steps of a quick run, so inference-mode predictions are constant; 0.9 converges in ~30 steps."""
 
 
 def build_compact_cnn(
     *,
-    weights: str | None,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "softmax",
     dropout: float | None = None,
     dense_units: int | None = None,
     filters: Sequence[int] = COMPACT_FILTERS,
-    **options: Any,
 ) -> Built:
-    """A compact CNN for CPU runs from scratch: conv1-conv4 (3x3, BN with momentum 0.9, ReLU), a
-    2x2 max-pool after conv1-conv3, then the standard head (global average pooling, softmax).
+    """A compact CNN for CPU runs from scratch: conv1-conv4 (3x3 without bias, BN, ReLU), a 2x2
+    max-pool after conv1-conv3, then the standard head (global average pooling, softmax).
 
-    Global average pooling keeps it at 61k parameters whatever the input size, so it learns
-    texture statistics from a few hundred images where study01_cnn's flatten + dense overfits
-    (synthetic knee 1.1.0 resized to 96 px, per-image z-score, 225 training / 75 validation
-    images, Adam 1e-3, 10 epochs: validation AUC 0.82, against 0.54 for study01_cnn and 0.49 for
-    MobileNetV3-Small from random init).
-    ``filters`` overrides the counts (4 ints).
+    Global average pooling keeps it at 61k parameters whatever the input size, so it can learn
+    texture statistics from a few hundred images, where study01_cnn's flatten + dense layer
+    overfits. ``filters`` overrides the counts (4 ints).
     """
-    _reject_options("compact_cnn", options)
-    inputs, x = _four_conv_trunk("compact_cnn", input_shape, filters, use_bias=False, momentum=COMPACT_BN_MOMENTUM)
+    inputs, x = _four_conv_trunk("compact_cnn", input_shape, filters, use_bias=False)
     outputs, head_names = softmax_head(x, num_classes=num_classes, dropout=dropout, dense_units=dense_units)
     return Built(inputs, outputs, head_names)
 
@@ -137,14 +115,11 @@ STUDY03_DROPOUT = 0.5
 
 def build_study03_multibranch(
     *,
-    weights: str | None,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "paper",
     dropout: float | None = None,
-    dense_units: int | None = None,
     block_pooling: bool = False,
-    **options: Any,
 ) -> Built:
     """Study 03's DCNN exactly as its Table 1 lists it.
 
@@ -164,8 +139,6 @@ def build_study03_multibranch(
     from keras import layers
     import keras
 
-    _reject_options("study03_multibranch", options, ("block_pooling",))
-    _no_dense_units("study03_multibranch", dense_units)
     inputs = keras.Input(shape=input_shape, name="input")
     x = inputs
     for i, f in enumerate(STUDY03_STEM, start=1):
@@ -197,13 +170,6 @@ STUDY04_MODELS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
     2: ((8, 16, 32), (500, 100)),
     3: ((8, 16, 32), (100,)),
     4: ((8, 28, 36), (1000,)),
-}
-STUDY04_HYPERPARAMS: dict[int, dict[str, float]] = {
-    # Table II: batch size, SGD learning rate and momentum found by the paper's tuner
-    1: {"batch_size": 24, "learning_rate": 1e-3, "momentum": 0.6},
-    2: {"batch_size": 24, "learning_rate": 1e-4, "momentum": 0.7},
-    3: {"batch_size": 24, "learning_rate": 1e-3, "momentum": 0.9},
-    4: {"batch_size": 48, "learning_rate": 1e-4, "momentum": 0.9},
 }
 STUDY04_PAPER_PARAMS = {1: 3.400e6, 2: 1.087e7, 3: 2.169e6, 4: 2.434e7}
 """Table II's trainable parameters; ours at 224x224x3 agree to the 4 printed digits (the paper
@@ -240,33 +206,25 @@ def _study04_classifier(x: Any, dense: Sequence[int], dropout: float | None) -> 
     return outputs, tuple(names) + more
 
 
-def _study04_builder(model: int):
+def _build_study04(
+    model: int,
+    /,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    head: str = "paper",
+    dropout: float | None = None,
+) -> Built:
+    """Study 04 Model ``model`` (Table II, ``STUDY04_MODELS``): conv blocks (conv 3x3 stride 1
+    valid - BN - ReLU - max-pool 2), flatten, the hidden dense layers (ReLU), Dense(1, sigmoid).
+    Returns ONE unit; ``model`` is bound by ``functools.partial`` in ``SPECS``."""
+    import keras
+
     filters, dense = STUDY04_MODELS[model]
-
-    def builder(
-        *,
-        weights: str | None,
-        input_shape: tuple[int, int, int],
-        num_classes: int,
-        head: str = "paper",
-        dropout: float | None = None,
-        dense_units: int | None = None,
-        **options: Any,
-    ) -> Built:
-        import keras
-
-        _reject_options(f"study04_model{model}", options)
-        _no_dense_units(f"study04_model{model}", dense_units)
-        inputs = keras.Input(shape=input_shape, name="input")
-        x = _study04_features(inputs, filters)
-        outputs, head_names = _study04_classifier(x, dense, dropout)
-        return Built(inputs, outputs, head_names)
-
-    builder.__doc__ = (
-        f"Study 04 Model {model} (Table II): conv blocks {filters} (conv 3x3 stride 1 valid - BN - "
-        f"ReLU - max-pool 2), flatten, dense {dense} ReLU, Dense(1, sigmoid). Returns ONE unit."
-    )
-    return builder
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = _study04_features(inputs, filters)
+    outputs, head_names = _study04_classifier(x, dense, dropout)
+    return Built(inputs, outputs, head_names)
 
 
 def study04_tunable(hp: Any, *, input_shape: Sequence[int] = (224, 224, 3)) -> Any:
@@ -275,7 +233,9 @@ def study04_tunable(hp: Any, *, input_shape: Sequence[int] = (224, 224, 3)) -> A
     Search space: 2-5 conv blocks (capped so the input stays >= 1 px), filters per block 8-128
     (step 4: covers Table II's 8/16/28/32/36/64/128), 1-2 hidden dense layers of 100/500/1000
     units, SGD learning rate 1e-4/1e-3 and momentum 0.6-0.9. Use
-    ``functools.partial(study04_tunable, input_shape=...)`` as the tuner's hypermodel.
+    ``functools.partial(study04_tunable, input_shape=...)`` as the tuner's hypermodel. Its
+    BatchNorm layers have Keras' default momentum: a hypermodel trained from scratch on a short
+    run wants :func:`osteo_tf.models.spec.set_random_init_batchnorm` applied to its result.
 
     Args:
         hp: a ``keras_tuner.HyperParameters``.
@@ -311,7 +271,7 @@ def study04_tunable(hp: Any, *, input_shape: Sequence[int] = (224, 224, 3)) -> A
 
 _COMMON = dict(family="study", heads=("paper",), default_head="paper", channels=(1, 3), input_scaling="[0,1]")
 
-register(
+SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="study01_cnn",
         description="Study 01's small CNN from scratch: 4 conv (pool after 3) + 1 FC softmax",
@@ -322,22 +282,18 @@ register(
         notes="Filter counts 32/64/128/128, 3x3 kernels, BN and the 400 px input (the ROI size) "
         "are our choices: the paper does not give them.",
         **_COMMON,
-    )
-)
-register(
+    ),
     ModelSpec(
         name="compact_cnn",
-        description="Compact CNN for CPU quick runs: 4 conv (BN momentum 0.9, pool after 3) + GAP softmax",
+        description="Compact CNN for CPU quick runs: 4 conv (BN, pool after 3) + GAP softmax",
         paper_input_size=96,
         min_input_size=8,
         last_conv="conv4_relu",
         builder=build_compact_cnn,
         notes="Not from any of the five papers: the quick profile's stand-in for MobileNetV3 / "
         "EfficientNet on the knee, where those trained from scratch on a few hundred images stay at chance.",
-        family="study", heads=("softmax",), default_head="softmax", channels=(1, 3), input_scaling="[0,1]",
-    )
-)
-register(
+        **{**_COMMON, "heads": ("softmax",), "default_head": "softmax"},
+    ),
     ModelSpec(
         name="study03_multibranch",
         description="Study 03's multi-branch DCNN (Table 1)",
@@ -350,21 +306,23 @@ register(
         "adds 2x2 pools for CPU runs. Paper names: r1 = stem2_relu, r11..r34 = blockB_branchK_relu, "
         "cont1 = block1_concat.",
         **_COMMON,
-    )
-)
-for _m, (_filters, _dense) in STUDY04_MODELS.items():
-    register(
+    ),
+    *(
         ModelSpec(
-            name=f"study04_model{_m}",
-            description=f"Study 04 Model {_m} (Table II): blocks {_filters}, dense {_dense}, 1 sigmoid",
+            name=f"study04_model{m}",
+            description=f"Study 04 Model {m} (Table II): blocks {filters}, dense {dense}, 1 sigmoid",
             paper_input_size=224,
-            min_input_size=study04_min_input_size(len(_filters)),
-            last_conv=f"block{len(_filters)}_relu",
-            builder=_study04_builder(_m),
+            min_input_size=study04_min_input_size(len(filters)),
+            last_conv=f"block{len(filters)}_relu",
+            builder=functools.partial(_build_study04, m),
             output="sigmoid",
-            paper_params=(PaperCount(STUDY04_PAPER_PARAMS[_m], "study 04 Table II"),),
+            paper_params=(PaperCount(STUDY04_PAPER_PARAMS[m], "study 04 Table II"),),
             notes="Returns ONE sigmoid unit (P(class 1)); num_classes must be 2. Valid (unpadded) "
-            "3x3 convs reproduce Table II's counts. Hyperparameters: STUDY04_HYPERPARAMS.",
+            "3x3 convs reproduce Table II's counts; its batch sizes and SGD settings are study 04's "
+            "training recipes.",
             **_COMMON,
         )
-    )
+        for m, (filters, dense) in STUDY04_MODELS.items()
+    ),
+)
+"""The studies' own CNNs, in registry order."""

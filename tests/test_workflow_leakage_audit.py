@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from osteo_tf import experiments, splits
+from osteo_tf import splits
 from osteo_tf.workflows import leakage_audit
 
 
@@ -32,9 +32,8 @@ def _tiny_manifest_folder(root, *, patients=10, images_per_patient=2, size=32):
 def audit(tmp_path_factory):
     root = _tiny_manifest_folder(tmp_path_factory.mktemp("userdata"))
     out = tmp_path_factory.mktemp("out")
-    S = experiments.resolve_settings(leakage_audit.DEFAULTS, "smoke", lime_patients=6, select_epochs=1)
-    ctx = experiments.setup("06-leakage-audit", profile="smoke", data_dir=str(root), seed=0, out_dir=str(out),
-                            image_size=S["image_size"], epochs=S["epochs"])
+    S = leakage_audit.Settings.for_profile("smoke", lime_patients=6, select_epochs=1)
+    ctx = leakage_audit.setup(S, data_dir=str(root), seed=0, out_dir=str(out))
     return ctx, S, leakage_audit.run_audit(ctx, S)
 
 

@@ -20,40 +20,39 @@ def _manifest(n_patients=20, images=(1, 2), root="/x"):
     return pd.DataFrame(rows)
 
 
-def test_defaults_share_keys_and_full_is_the_paper():
-    keys = set(study05.DEFAULTS["full"])
-    for name, s in study05.DEFAULTS.items():
-        assert set(s) == keys, name
-        assert set(s["mask_models"]) <= set(s["models"]), name
-        assert s["kfold"] >= 2
-        study05.check_settings(s)
-    full = study05.DEFAULTS["full"]
-    assert full["image_size"] == 224 and full["epochs"] == 30 and full["lime_samples"] == 1000
-    assert {study05.record_name(m) for m in full["mask_models"]} == {"mobilenetv3", "efficientnetb0"}
-    assert study05.DEFAULTS["smoke"]["lime_samples"] <= 300 and study05.DEFAULTS["quick"]["lime_samples"] <= 300
+def test_profiles_share_fields_and_full_is_the_paper():
+    fields = set(study05.Settings.field_names()) - {"preset", "weights", "allow_random_init"}
+    for name, values in study05.Settings.PROFILES.items():
+        assert set(values) - {"preset"} == fields, name
+        s = study05.Settings.for_profile(name)
+        assert set(s.mask_models) <= set(s.models), name
+        assert s.kfold >= 2
+    full = study05.Settings.for_profile("full")
+    assert full.image_size == 224 and full.epochs == 30 and full.lime_samples == 1000
+    assert {study05.record_name(m) for m in full.mask_models} == {"mobilenetv3", "efficientnetb0"}
+    assert study05.Settings.for_profile("smoke").lime_samples <= 300
+    assert study05.Settings.for_profile("quick").lime_samples <= 300
 
 
-def test_check_settings_rejects_bad_values():
-    s = dict(study05.DEFAULTS["smoke"])
-    with pytest.raises(ValueError, match="subset"):
-        study05.check_settings({**s, "mask_models": ["efficientnetb0"]})
+def test_settings_reject_bad_values():
+    with pytest.raises(ValueError, match=r"mask_models must be one of \['mobilenetv3small'\]"):
+        study05.Settings.for_profile("smoke", mask_models="efficientnetb0")
     with pytest.raises(ValueError, match="kfold"):
-        study05.check_settings({**s, "kfold": 1})
-    with pytest.raises(ValueError):
-        study05.check_settings({**s, "models": ["no_such_model"], "mask_models": []})
+        study05.Settings.for_profile("smoke", kfold=1)
+    with pytest.raises(ValueError, match="no_such_model"):
+        study05.Settings.for_profile("smoke", models="no_such_model", mask_models="")
     with pytest.raises(ValueError, match="intensity"):
-        study05.check_settings({**s, "intensity": "zscore"})
+        study05.Settings.for_profile("smoke", intensity="zscore")
 
 
 def test_setup_sets_the_intensity_steps_used_for_training_and_explanations(tmp_path, monkeypatch):
     monkeypatch.setenv("OSTEO_TF_CACHE", str(tmp_path / "cache"))
-    s = dict(study05.DEFAULTS["smoke"], patients=8, intensity="standardize")
-    ctx = study05.setup(profile="smoke", data_dir="", seed=0, out_dir=str(tmp_path / "out"), settings=s)
+    s = study05.Settings.for_profile("smoke", intensity="standardize").replace(patients=8)
+    ctx = study05.setup(s, seed=0, out_dir=str(tmp_path / "out"))
     assert ctx.steps == [("standardize", {})]
     grey, x = study05.model_inputs(ctx, ctx.manifest.head(2), "mobilenetv3small")
     assert abs(float(grey.mean()) - 0.5) < 0.05  # standardized: mean 0.5 before the resize
-    assert study05.setup(profile="smoke", data_dir="", seed=0, out_dir=str(tmp_path / "out2"),
-                         settings={**s, "intensity": "none"}).steps == []
+    assert study05.setup(s.replace(intensity="none"), seed=0, out_dir=str(tmp_path / "out2")).steps == []
 
 
 def test_record_name_maps_both_mobilenetv3_variants():
@@ -139,7 +138,7 @@ def test_has_roi_and_segmentation():
     assert study05.has_roi(m)
     assert not study05.has_roi(m.drop(columns="roi_bbox"))
     assert not study05.has_roi(m.assign(roi_bbox="nan"))
-    algo, params = study05.segmentation(study05.DEFAULTS["full"])
+    algo, params = study05.segmentation(study05.Settings.for_profile("full"))
     assert algo == "slic" and params["n_segments"] == 50 and params["compactness"] == 0.1
 
 

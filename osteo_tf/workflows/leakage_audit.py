@@ -25,35 +25,117 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from osteo_tf import evaluation, splits
-from osteo_tf.experiments import Context, FitResult, fit_evaluate
+from osteo_tf import evaluation, experiments, settings as _settings, splits
+from osteo_tf.experiments import Context, FitResult, Synthetic, fit_evaluate
+from osteo_tf.training import Recipe
+from osteo_tf.workflows import study01
 
-DEFAULTS = {
-    "smoke": {"model": "study01_cnn", "filters": [8, 16, 16, 16], "image_size": 32, "synth_size": 32,
-              "patients": 16, "preset": "easy", "set": "A", "epochs": 1, "batch_size": 16,
-              "optimizer": "adam", "learning_rate": 1e-3, "test": 0.25, "select_lrs": [1e-3],
-              "select_epochs": 2, "lime_patients": 8, "lime_samples": 10, "lime_features": 4,
-              "lime_folds": 0},
-    "quick": {"model": "study01_cnn", "filters": [16, 32, 64, 64], "image_size": 48, "synth_size": 48,
-              "patients": 64, "preset": "easy", "set": "B", "epochs": 10, "batch_size": 8,
-              "optimizer": "adam", "learning_rate": 1e-3, "test": 0.25, "select_lrs": [3e-3, 1e-3, 3e-4],
-              "select_epochs": 6, "lime_patients": 32, "lime_samples": 32, "lime_features": 5,
-              "lime_folds": 0},
-    "full": {"model": "study01_cnn", "filters": [32, 64, 128, 128], "image_size": 224, "synth_size": 256,
-             "patients": 174, "preset": "default", "set": "C", "epochs": 20, "batch_size": 5,
-             "optimizer": "sgd", "learning_rate": 1e-4, "test": 0.2, "select_lrs": [1e-3, 3e-4, 1e-4],
-             "select_epochs": 20, "lime_patients": 174, "lime_samples": 1000, "lime_features": 5,
-             "lime_folds": 3},
-}
-"""Per-profile settings. ``quick`` uses set B and mini-batches of 8: the BatchNorm small CNN needs
-about a thousand steps before its inference statistics settle (with fewer it predicts one class and
-memorises nothing, which hides the leak). ``full`` follows study 01 (set C, 80/20, SGD lr 1e-4, batch 5, 20 epochs,
-174 patients, the paper's small CNN) and study 05 (LIME with 1000 samples, 5 superpixels)."""
+STUDY = "06-leakage-audit"
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(_settings.StudySettings):
+    """The leakage audit's settings: one model and one recipe for every row.
+
+    Attributes:
+        model: the registry model every row trains.
+        filters: the four conv widths of ``study01_cnn`` (ignored by other models).
+        image_size: square model input in px.
+        synth_size: side of the synthetic calcaneus images in px.
+        patients: synthetic patients.
+        offline_set: study 01's offline set of R1 (``A``, ``B`` or ``C``).
+        epochs, batch_size, optimizer, learning_rate: the recipe of R1, R2 and R4.
+        test: patient share of every test split.
+        select_lrs: R3's candidate learning rates.
+        select_epochs: R3's candidate epochs (1 ... select_epochs).
+        lime_patients: patients of R4 (the costly row).
+        lime_samples: LIME perturbation samples per image.
+        lime_features: superpixels a LIME mask keeps.
+        lime_folds: 0 (the clean variant masks the training images with the train-split model,
+            as the leaky one does: the row isolates whether the masker saw the TEST images) or
+            k >= 2 (the clean training images are masked out of fold, k more trainings).
+
+    ``quick`` uses set B and mini-batches of 8: the BatchNorm small CNN needs about a thousand
+    steps before its inference statistics settle (with fewer it predicts one class and memorises
+    nothing, which hides the leak). ``full`` follows study 01 (set C, 80/20, SGD lr 1e-4, batch 5,
+    20 epochs, 174 patients, the paper's small CNN) and study 05 (LIME with 1000 samples, 5
+    superpixels).
+    """
+
+    model: str
+    filters: tuple[int, ...]
+    image_size: int
+    synth_size: int
+    patients: int
+    offline_set: str
+    epochs: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    test: float
+    select_lrs: tuple[float, ...]
+    select_epochs: int
+    lime_patients: int
+    lime_samples: int
+    lime_features: int
+    lime_folds: int
+
+    PROFILES = {
+        "smoke": {"model": "study01_cnn", "filters": (8, 16, 16, 16), "image_size": 32, "synth_size": 32,
+                  "patients": 16, "preset": "easy", "offline_set": "A", "epochs": 1, "batch_size": 16,
+                  "optimizer": "adam", "learning_rate": 1e-3, "test": 0.25, "select_lrs": (1e-3,),
+                  "select_epochs": 2, "lime_patients": 8, "lime_samples": 10, "lime_features": 4,
+                  "lime_folds": 0},
+        "quick": {"model": "study01_cnn", "filters": (16, 32, 64, 64), "image_size": 48, "synth_size": 48,
+                  "patients": 64, "preset": "easy", "offline_set": "B", "epochs": 10, "batch_size": 8,
+                  "optimizer": "adam", "learning_rate": 1e-3, "test": 0.25, "select_lrs": (3e-3, 1e-3, 3e-4),
+                  "select_epochs": 6, "lime_patients": 32, "lime_samples": 32, "lime_features": 5,
+                  "lime_folds": 0},
+        "full": {"model": "study01_cnn", "filters": (32, 64, 128, 128), "image_size": 224, "synth_size": 256,
+                 "patients": 174, "preset": "default", "offline_set": "C", "epochs": 20, "batch_size": 5,
+                 "optimizer": "sgd", "learning_rate": 1e-4, "test": 0.2, "select_lrs": (1e-3, 3e-4, 1e-4),
+                 "select_epochs": 20, "lime_patients": 174, "lime_samples": 1000, "lime_features": 5,
+                 "lime_folds": 3},
+    }
+
+    def check(self) -> None:
+        _settings.model_names(self, "model")
+        _settings.choice(self, "offline_set", ("A", "B", "C"))
+        _settings.choice(self, "optimizer", study01.OPTIMIZERS)
+        _settings.positive(self, "image_size", "synth_size", "patients", "epochs", "batch_size", "select_epochs",
+                           "lime_patients", "lime_samples", "lime_features")
+        if len(self.filters) != 4 or min(self.filters) < 1:
+            raise ValueError(f"filters must be four positive conv widths. Received: filters={self.filters!r}")
+        _settings.in_range(self, "learning_rate", 0.0, 1.0)
+        _settings.in_range(self, "test", 0.0, 1.0)
+        _settings.not_empty(self, "select_lrs")
+        if any(not 0.0 < lr < 1.0 for lr in self.select_lrs):
+            raise ValueError(f"select_lrs must be learning rates in (0, 1). Received: select_lrs={self.select_lrs!r}")
+        if self.lime_folds == 1 or self.lime_folds < 0:
+            raise ValueError(f"lime_folds must be 0 (no out-of-fold masks) or at least 2. "
+                             f"Received: lime_folds={self.lime_folds!r}")
+
+
+def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
+          seed: int = 0) -> Context:
+    """Seed, find or generate the data (synthetic calcaneus, 1 + Poisson(1.5) images per
+    patient), record provenance.
+
+    Args:
+        settings: this run's :class:`Settings`.
+        data_dir: a dataset folder or manifest CSV with patient groups; ``None`` for synthetic data.
+        out_dir: the report folder; ``None`` for ``reports/<study>``.
+        seed: global seed.
+    """
+    return experiments.setup(STUDY, settings, data_dir=data_dir, out_dir=out_dir, seed=seed,
+                             synthetic=Synthetic("calcaneus", 2, settings.patients, settings.synth_size))
+
 
 ROWS = {
     "R1 augment-then-split": ("study 01 paper protocol: offline augmentation of every image, then an "
@@ -94,46 +176,42 @@ CHECKLIST = [
 # shared helpers
 
 
-def recipe(settings: dict):
+def recipe(settings: Settings) -> Recipe:
     """The one training recipe every row uses (study 01's small-CNN recipe with the profile's values)."""
-    from osteo_tf import training
-
-    return training.recipe("study01", "small_cnn", optimizer=settings["optimizer"],
-                           learning_rate=float(settings["learning_rate"]), batch_size=int(settings["batch_size"]),
-                           epochs=int(settings["epochs"]))
+    return replace(study01.RECIPES["small_cnn"], optimizer=settings.optimizer, learning_rate=settings.learning_rate,
+                   batch_size=settings.batch_size, epochs=settings.epochs)
 
 
-def model_options(settings: dict) -> dict:
+def model_options(settings: Settings) -> dict:
     """Options of the audit model (``filters`` for study01_cnn)."""
-    if settings["model"] == "study01_cnn":
-        return {"filters": tuple(int(f) for f in settings["filters"])}
+    if settings.model == "study01_cnn":
+        return {"filters": settings.filters}
     return {}
 
 
-def _fit(ctx: Context, split: pd.DataFrame, settings: dict, *, experiment: str, protocol: str,
+def _fit(ctx: Context, split: pd.DataFrame, settings: Settings, *, experiment: str, protocol: str,
          keep: bool = True, record_as: str | None = None, rec=None) -> FitResult:
-    return fit_evaluate(ctx, split, model=settings["model"], experiment=experiment, rec=rec or recipe(settings),
+    return fit_evaluate(ctx, split, model=settings.model, experiment=experiment, rec=rec or recipe(settings),
                         protocol=protocol, model_options=model_options(settings), keep=keep, record_as=record_as)
 
 
-def _scale(settings: dict):
+def _scale(settings: Settings):
     from osteo_tf import models
 
-    return models.get_spec(settings["model"]).preprocess
+    return models.get_spec(settings.model).preprocess
 
 
 # ----------------------------------------------------------------------------------------------
 # R1: study 01's augment-then-split vs split-then-augment
 
 
-def augmentation_row(ctx: Context, settings: dict) -> dict[str, Any]:
+def augmentation_row(ctx: Context, settings: Settings) -> dict[str, Any]:
     """R1. Returns {"splits": {protocol: manifest}, "fits": {protocol: FitResult}}."""
-    from osteo_tf.workflows import study01
 
     name = "R1 augment-then-split"
     out = {"splits": {}, "fits": {}}
     for protocol in ("paper", "clean"):
-        split = study01.protocol_split(ctx, settings["set"], protocol, test=float(settings["test"]))
+        split = study01.protocol_split(ctx, settings.offline_set, protocol, test=settings.test)
         out["splits"][protocol] = split
         out["fits"][protocol] = _fit(ctx, split, settings, experiment=name, protocol=protocol)
     return out
@@ -143,10 +221,10 @@ def augmentation_row(ctx: Context, settings: dict) -> dict[str, Any]:
 # R2: image-level vs patient-grouped split
 
 
-def grouping_row(ctx: Context, settings: dict) -> dict[str, Any]:
+def grouping_row(ctx: Context, settings: Settings) -> dict[str, Any]:
     """R2. Image-level split (``splits.paper_protocol_split`` of the originals) vs grouped split."""
     name = "R2 image-level split"
-    test = float(settings["test"])
+    test = settings.test
     sp = {"paper": splits.paper_protocol_split(ctx.manifest, test=test, seed=ctx.seed),
           "clean": splits.grouped_split(ctx.manifest, val=0.0, test=test, seed=ctx.seed)}
     return {"splits": sp, "fits": {p: _fit(ctx, s, settings, experiment=name, protocol=p) for p, s in sp.items()}}
@@ -156,7 +234,7 @@ def grouping_row(ctx: Context, settings: dict) -> dict[str, Any]:
 # R3: test-set reuse for model selection
 
 
-def selection_candidates(ctx: Context, split: pd.DataFrame, settings: dict) -> tuple[pd.DataFrame, dict]:
+def selection_candidates(ctx: Context, split: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, dict]:
     """Train one model per learning rate in ``select_lrs``; after every epoch predict val and test.
 
     Returns:
@@ -179,11 +257,11 @@ def selection_candidates(ctx: Context, split: pd.DataFrame, settings: dict) -> t
     y = {s: pipeline.encode_labels(parts[s]["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
          for s in ("val", "test")}
     rows, preds = [], {}
-    for lr in settings["select_lrs"]:
+    for lr in settings.select_lrs:
         rec = replace(base, learning_rate=float(lr))
-        model = build_model(ctx, settings["model"], **model_options(settings))
+        model = build_model(ctx, settings.model, **model_options(settings))
         training.compile_model(model, rec, run_eagerly=ctx.profile.run_eagerly)
-        for epoch in range(1, int(settings["select_epochs"]) + 1):
+        for epoch in range(1, settings.select_epochs + 1):
             model.fit(train_ds, epochs=1, verbose=0, shuffle=False)
             pv, pt = training.predict_proba(model, val_ds), training.predict_proba(model, test_ds)
             cid = f"lr={float(lr):g}, epoch {epoch}"
@@ -194,13 +272,13 @@ def selection_candidates(ctx: Context, split: pd.DataFrame, settings: dict) -> t
     return pd.DataFrame(rows), preds
 
 
-def selection_row(ctx: Context, settings: dict) -> dict[str, Any]:
+def selection_row(ctx: Context, settings: Settings) -> dict[str, Any]:
     """R3. Best candidate by test accuracy (reported on that same test) vs best by validation.
 
     Ties are broken by the earlier candidate, the same rule for both selections.
     """
     name = "R3 test-set reuse"
-    split = splits.grouped_split(ctx.manifest, val=float(settings["test"]), test=float(settings["test"]),
+    split = splits.grouped_split(ctx.manifest, val=settings.test, test=settings.test,
                                  seed=ctx.seed)
     t0 = time.perf_counter()
     table, preds = selection_candidates(ctx, split, settings)
@@ -215,7 +293,7 @@ def selection_row(ctx: Context, settings: dict) -> dict[str, Any]:
     records = {}
     for protocol, cid in picked.items():
         rec = evaluation.result_record(
-            experiment=name, model=settings["model"], protocol=protocol, y_true=y_test, y_prob=preds[cid][1],
+            experiment=name, model=settings.model, protocol=protocol, y_true=y_test, y_prob=preds[cid][1],
             groups=groups, class_names=ctx.class_names, train_seconds=seconds, seed=ctx.seed,
             extra={"selected": cid, "selected_by": "test accuracy" if protocol == "paper" else "validation accuracy",
                    "n_candidates": int(len(table)), "image_size": ctx.image_size, "weights": None})
@@ -246,7 +324,7 @@ def lime_subset(manifest: pd.DataFrame, n_patients: int, *, seed: int = 0) -> pd
     return manifest[manifest["group"].isin(set(chosen))].reset_index(drop=True)
 
 
-def lime_row(ctx: Context, settings: dict) -> dict[str, Any]:
+def lime_row(ctx: Context, settings: Settings) -> dict[str, Any]:
     """R4. Leaky masks (a model trained on every image, test included) vs clean masks.
 
     Clean masks come from a model trained on the training split only, so no test image was ever
@@ -263,8 +341,8 @@ def lime_row(ctx: Context, settings: dict) -> dict[str, Any]:
     from osteo_tf import explain
 
     name = "R4 LIME masks"
-    subset = lime_subset(ctx.manifest, int(settings["lime_patients"]), seed=ctx.seed)
-    split = splits.grouped_split(subset, val=0.0, test=float(settings["test"]), seed=ctx.seed)
+    subset = lime_subset(ctx.manifest, settings.lime_patients, seed=ctx.seed)
+    split = splits.grouped_split(subset, val=0.0, test=settings.test, seed=ctx.seed)
     test = split[split["split"] == "test"]
     # leaky masker: trained on train + test, evaluated on the test images it has seen
     everything = pd.concat([split.assign(split="train"), test], ignore_index=True)
@@ -273,15 +351,15 @@ def lime_row(ctx: Context, settings: dict) -> dict[str, Any]:
     honest = _fit(ctx, split, settings, experiment=f"{name} masker", protocol="clean", keep=False,
                   record_as="masker-train-only")
     models = {"train-only": honest.model, "train-only (its own training images)": honest.model}
-    k = int(settings["lime_folds"])
+    k = settings.lime_folds
     folds = explain.pool_folds(split, k, seed=ctx.seed) if k >= 2 else []
     for i, fold in enumerate(folds):
         models[f"fold{i}"] = _fit(ctx, fold, settings, experiment=f"{name} fold{i}", protocol="clean",
                                   keep=False).model
     clean = explain.mask_assignment(split, folds, split_model="train-only", fold_model="fold{k}",
                                     in_sample_model="train-only (its own training images)")
-    lime_kw = dict(image_size=ctx.image_size, scale=_scale(settings), num_samples=int(settings["lime_samples"]),
-                   batch_size=256, seed=ctx.seed, num_features=int(settings["lime_features"]))
+    lime_kw = dict(image_size=ctx.image_size, scale=_scale(settings), num_samples=settings.lime_samples,
+                   batch_size=256, seed=ctx.seed, num_features=settings.lime_features)
     root = ctx.out_dir / "data" / "lime"
     src = split[["path", "label", "group"]]
     t0 = time.perf_counter()
@@ -329,7 +407,7 @@ def quiet():
             tf_log.setLevel(level)
 
 
-def run_audit(ctx: Context, settings: dict, rows: tuple[str, ...] = ("R1", "R2", "R3", "R4")) -> dict[str, dict]:
+def run_audit(ctx: Context, settings: Settings, rows: tuple[str, ...] = ("R1", "R2", "R3", "R4")) -> dict[str, dict]:
     """Run the requested rows (``R1``..``R4``) and return their outputs by row id."""
     funcs = {"R1": augmentation_row, "R2": grouping_row, "R3": selection_row, "R4": lime_row}
     unknown = sorted(set(rows) - set(funcs))
@@ -347,7 +425,6 @@ def _fmt(v, ci) -> str:
 
 def audit_table(records: list[dict], *, metric: str = "accuracy") -> pd.DataFrame:
     """One line per audit row: leaky vs clean ``metric`` with CIs, inflation in points, CI overlap."""
-    from osteo_tf.workflows import study01
 
     gap = study01.leakage_gap(records, metric=metric)
     by = {(r["experiment"], r.get("protocol")): r for r in records}

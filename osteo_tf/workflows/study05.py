@@ -24,44 +24,106 @@ What this module adds to the paper's protocol:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from osteo_tf import augment, experiments, explain, io, models, pipeline, plots, splits, training
-from osteo_tf.experiments import Context, FitResult
+from osteo_tf import augment, experiments, explain, io, models, pipeline, plots, settings as _settings, splits
+from osteo_tf._warnings import quiet
+from osteo_tf.experiments import Context, FitResult, Synthetic
+from osteo_tf.training import Recipe
+
+STUDY = "05-knee-explanations"
 
 _SEG = {"compactness": 0.1, "sigma": 1.0, "start_label": 0}
 
-DEFAULTS = {
-    "smoke": {"models": ["mobilenetv3small"], "mask_models": ["mobilenetv3small"], "image_size": 48,
-              "epochs": 1, "mask_epochs": 1, "patients": 16, "images_per_patient": 1, "batch_size": 16,
-              "kfold": 2, "lime_samples": 100, "lime_segments": 25, "lime_features": 5,
-              "explain_per_class": 1, "sanity_images": 2, "preset": "default", "intensity": "standardize"},
-    "quick": {"models": ["compact_cnn"], "mask_models": ["compact_cnn"],
-              "image_size": 96, "epochs": 10, "mask_epochs": 6, "patients": 300, "images_per_patient": 1,
-              "batch_size": 16, "kfold": 2, "lime_samples": 150, "lime_segments": 30, "lime_features": 5,
-              "explain_per_class": 2, "sanity_images": 6, "preset": "default", "intensity": "standardize"},
-    "full": {"models": ["mobilenetv3large", "efficientnetb0"], "mask_models": ["mobilenetv3large", "efficientnetb0"],
-             "image_size": 224, "epochs": 30, "mask_epochs": 30, "patients": 774, "images_per_patient": 1,
-             "batch_size": 32, "kfold": 5, "lime_samples": 1000, "lime_segments": 50, "lime_features": 5,
-             "explain_per_class": 3, "sanity_images": 74, "preset": "default", "intensity": "none"},
+RECIPES: dict[str, Recipe] = {
+    "transfer": Recipe("adam", 1e-3, 0.0, 32, 30, None, "val_loss", "all",
+                       source="study 05: Adam (default lr 1e-3), categorical cross-entropy, 30 epochs"),
 }
-"""Per-profile settings. The paper: 774 images (one per patient assumed), 7:2:1, 224 px, 30 epochs,
-batch size not stated (32 assumed), LIME with lime's defaults (1000 samples). ``mask_models``: the
-models that get their own LIME-masked dataset and are retrained on it (the paper: both);
-``mask_epochs``: epochs of the k-fold mask models; ``sanity_images``: test images for the
-pointing game and the randomization check; ``preset``: the synthetic difficulty when no data
-folder is given; ``intensity``: "none" (the paper: resize only) or "standardize" (per-image
-z-score, ``preprocessing.standardize``, before the resize).
+"""The paper's recipe (batch size not stated: 32 assumed)."""
 
-The quick profile trains ``compact_cnn`` (61k parameters, GAP head) with ``intensity="standardize"``
-on 300 patients: MobileNetV3-Small and EfficientNetB0 from random initialisation stayed at chance
-on the synthetic knee in every CPU-sized trial (accuracy 0.50-0.56, AUC 0.50, up to 500
-patients and 12 epochs, 9 min 46 s). ``model_names="mobilenetv3small"`` restores the paper's
-family."""
+EXPECTED_WARNINGS = (".*random weights.*", "IProgress not found")
+"""Warnings a CPU run of this study raises on purpose, hidden inside the study's own steps: the
+models fall back to random weights without ImageNet files (the report's weights column says so),
+and lime's progress bar finds no Jupyter widgets in a batch kernel."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(_settings.StudySettings):
+    """Study 05's settings.
+
+    Attributes:
+        models: the registry models trained on the original images.
+        mask_models: the models that get their own LIME-masked dataset and are retrained on it
+            (the paper: both); a subset of ``models``.
+        image_size: square model input in px.
+        epochs: training epochs.
+        mask_epochs: epochs of the k-fold mask models.
+        patients: synthetic patients.
+        images_per_patient: synthetic images per patient.
+        batch_size: mini-batch size.
+        kfold: folds over train+val for the mask models.
+        lime_samples: LIME perturbation samples per image.
+        lime_segments: SLIC superpixels per image.
+        lime_features: superpixels a LIME explanation keeps.
+        explain_per_class: test images per class shown with their explanations.
+        sanity_images: test images of the pointing game and the randomization check.
+        intensity: ``none`` (the paper: resize only) or ``standardize`` (per-image z-score,
+            ``preprocessing.standardize``, before the resize).
+
+    The paper: 774 images (one per patient assumed), 7:2:1, 224 px, 30 epochs, batch size not
+    stated (32 assumed), LIME with lime's defaults (1000 samples). The quick profile trains
+    ``compact_cnn`` (61k parameters, GAP head, not from the paper) with ``intensity="standardize"``:
+    MobileNetV3 and EfficientNetB0 from random initialisation stay at chance on the synthetic knee
+    at CPU budgets. ``models="mobilenetv3small"`` restores the paper's family.
+    """
+
+    models: tuple[str, ...]
+    mask_models: tuple[str, ...]
+    image_size: int
+    epochs: int
+    mask_epochs: int
+    patients: int
+    images_per_patient: int
+    batch_size: int
+    kfold: int
+    lime_samples: int
+    lime_segments: int
+    lime_features: int
+    explain_per_class: int
+    sanity_images: int
+    intensity: str
+
+    PROFILES = {
+        "smoke": {"models": ("mobilenetv3small",), "mask_models": ("mobilenetv3small",), "image_size": 48,
+                  "epochs": 1, "mask_epochs": 1, "patients": 16, "images_per_patient": 1, "batch_size": 16,
+                  "kfold": 2, "lime_samples": 100, "lime_segments": 25, "lime_features": 5,
+                  "explain_per_class": 1, "sanity_images": 2, "preset": "default", "intensity": "standardize"},
+        "quick": {"models": ("compact_cnn",), "mask_models": ("compact_cnn",),
+                  "image_size": 96, "epochs": 10, "mask_epochs": 6, "patients": 300, "images_per_patient": 1,
+                  "batch_size": 16, "kfold": 2, "lime_samples": 150, "lime_segments": 30, "lime_features": 5,
+                  "explain_per_class": 2, "sanity_images": 6, "preset": "default", "intensity": "standardize"},
+        "full": {"models": ("mobilenetv3large", "efficientnetb0"), "mask_models": ("mobilenetv3large", "efficientnetb0"),
+                 "image_size": 224, "epochs": 30, "mask_epochs": 30, "patients": 774, "images_per_patient": 1,
+                 "batch_size": 32, "kfold": 5, "lime_samples": 1000, "lime_segments": 50, "lime_features": 5,
+                 "explain_per_class": 3, "sanity_images": 74, "preset": "default", "intensity": "none"},
+    }
+
+    def check(self) -> None:
+        _settings.not_empty(self, "models")
+        _settings.model_names(self, "models")
+        _settings.choice(self, "mask_models", self.models)
+        _settings.positive(self, "image_size", "epochs", "mask_epochs", "patients", "images_per_patient",
+                           "batch_size", "lime_samples", "lime_segments", "lime_features", "explain_per_class",
+                           "sanity_images")
+        if self.kfold < 2:
+            raise ValueError(f"kfold must be at least 2. Received: kfold={self.kfold!r}")
+        _settings.choice(self, "intensity", tuple(pipeline.INTENSITY_STEPS))
+
 
 SPLIT = {"val": 0.2, "test": 0.1}
 """The paper's 7:2:1 split (fractions of patients per class)."""
@@ -72,26 +134,25 @@ def record_name(model: str) -> str:
     return "mobilenetv3" if model.startswith("mobilenetv3") else model
 
 
-def segmentation(settings: dict) -> tuple[str, dict]:
+def segmentation(settings: Settings) -> tuple[str, dict]:
     """The LIME superpixel segmentation of this run (SLIC on the grey image)."""
-    return ("slic", {"n_segments": int(settings["lime_segments"]), **_SEG})
+    return ("slic", {"n_segments": settings.lime_segments, **_SEG})
 
 
-def setup(*, profile: str, data_dir: str, seed: int, out_dir: str, settings: dict, preset: str = "",
-          weights: str = "imagenet", allow_random_init: bool = True) -> Context:
-    """``experiments.setup`` with the synthetic knee at its default size (256 px, resized by the pipeline).
+def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
+          seed: int = 0) -> Context:
+    """Seed, find or generate the data (the synthetic knee at its native 256 px, resized by the
+    pipeline), record provenance; ``ctx.steps`` are the ``intensity`` steps.
 
     Also silences TensorFlow's Python-side retracing notices (each k-fold mask model traces its
     own forward function once; that is expected and would only clutter the report)."""
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    ctx = experiments.setup(
-        "05-knee-explanations", profile=profile, data_dir=data_dir, seed=seed, out_dir=out_dir, synthetic_mode="knee",
-        classes=2, preset=preset or settings["preset"], patients=settings["patients"],
-        images_per_patient=settings["images_per_patient"], image_size=settings["image_size"],
-        epochs=settings["epochs"], weights=weights, allow_random_init=allow_random_init)
-    ctx.steps = pipeline.intensity_steps(settings["intensity"])
+    ctx = experiments.setup(STUDY, settings, data_dir=data_dir, out_dir=out_dir, seed=seed,
+                            synthetic=Synthetic("knee", 2, settings.patients,
+                                                images_per_patient=settings.images_per_patient))
+    ctx.steps = pipeline.intensity_steps(settings.intensity)
     return ctx
 
 
@@ -100,22 +161,22 @@ def split_721(ctx: Context) -> pd.DataFrame:
     return splits.grouped_split(ctx.manifest, val=SPLIT["val"], test=SPLIT["test"], seed=ctx.seed)
 
 
-def recipe(ctx: Context, settings: dict, *, epochs: int | None = None):
+def recipe(ctx: Context, settings: Settings, *, epochs: int | None = None) -> Recipe:
     """Study 05's recipe (Adam 1e-3, categorical cross-entropy) with this profile's epochs and batch."""
-    return training.recipe("study05", "transfer", epochs=int(epochs or ctx.epochs),
-                           batch_size=int(settings["batch_size"]))
+    return replace(RECIPES["transfer"], epochs=int(epochs or ctx.epochs), batch_size=settings.batch_size)
 
 
-def train(ctx: Context, split: pd.DataFrame, model: str, *, experiment: str, settings: dict,
+def train(ctx: Context, split: pd.DataFrame, model: str, *, experiment: str, settings: Settings,
           epochs: int | None = None, keep: bool = True) -> FitResult:
     """Train ``model`` (head="paper": GAP -> Dense 1024 ReLU -> softmax, for the models that have
     it; compact_cnn keeps its GAP -> softmax head) with study 05's on-the-fly augmentation on the
     training split only, evaluate on the test split."""
     options = {"head": "paper"} if "paper" in models.get_spec(model).heads else {}
-    return experiments.fit_evaluate(
-        ctx, split, model=model, experiment=experiment, rec=recipe(ctx, settings, epochs=epochs),
-        augmenter=augment.augmenter_for("study05", seed=ctx.seed), model_options=options,
-        steps=ctx.steps, record_as=record_name(model), keep=keep)
+    with quiet(*EXPECTED_WARNINGS):
+        return experiments.fit_evaluate(
+            ctx, split, model=model, experiment=experiment, rec=recipe(ctx, settings, epochs=epochs),
+            augmenter=augment.augmenter_for("study05", seed=ctx.seed), model_options=options,
+            steps=ctx.steps, record_as=record_name(model), keep=keep)
 
 
 def model_inputs(ctx: Context, manifest: pd.DataFrame, model: str) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +211,7 @@ def sanity_images(split: pd.DataFrame, n: int, *, seed: int = 0) -> pd.DataFrame
 # explanations
 
 
-def explanations(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame, settings: dict) -> dict:
+def explanations(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame, settings: Settings) -> dict:
     """Grad-CAM, Grad-CAM++ and LIME of every model on ``images`` (explaining each model's prediction).
 
     Returns:
@@ -165,11 +226,12 @@ def explanations(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame,
         gpp = cam.explain(x, method="gradcam++")
         scale = models.get_spec(name).preprocess
         t0 = time.perf_counter()
-        limes = [explain.lime_explain(fit.model, img, num_samples=int(settings["lime_samples"]),
-                                      batch_size=int(settings["lime_samples"]), seed=ctx.seed,
-                                      segmentation=segmentation(settings),
-                                      num_features=int(settings["lime_features"]), scale=scale)
-                 for img in grey]
+        with quiet(*EXPECTED_WARNINGS):
+            limes = [explain.lime_explain(fit.model, img, num_samples=settings.lime_samples,
+                                          batch_size=settings.lime_samples, seed=ctx.seed,
+                                          segmentation=segmentation(settings),
+                                          num_features=settings.lime_features, scale=scale)
+                     for img in grey]
         out[name] = {"grey": grey, "gradcam": g.maps, "gradcam++": gpp.maps, "lime": limes, "pred": g.class_index,
                      "backend": g.backend, "lime_seconds_per_image": (time.perf_counter() - t0) / max(len(grey), 1)}
     return out
@@ -266,7 +328,7 @@ def randomization(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame
 # the LIME-masked dataset
 
 
-def lime_masked_split(ctx: Context, split: pd.DataFrame, model: str, original: FitResult, settings: dict) -> dict:
+def lime_masked_split(ctx: Context, split: pd.DataFrame, model: str, original: FitResult, settings: Settings) -> dict:
     """Build ``model``'s LIME-masked dataset with masks from models that never saw the image.
 
     1. k patient-grouped folds over train+val (``explain.pool_folds``); for each fold a
@@ -284,12 +346,12 @@ def lime_masked_split(ctx: Context, split: pd.DataFrame, model: str, original: F
     """
     import json
 
-    folds = explain.pool_folds(split, int(settings["kfold"]), seed=ctx.seed)
+    folds = explain.pool_folds(split, settings.kfold, seed=ctx.seed)
     fold_models: dict[str, Any] = {explain.SPLIT_MODEL: original.model}
     fold_records = []
     for k, f in enumerate(folds):
         fit = train(ctx, f, model, experiment=f"mask-fold{k}", settings=settings,
-                    epochs=int(settings["mask_epochs"]), keep=False)
+                    epochs=settings.mask_epochs, keep=False)
         mask_model = explain.FOLD_MODEL.format(k=k)
         fold_models[mask_model] = fit.model
         fold_records.append({"mask model": mask_model, "model": model,
@@ -299,14 +361,15 @@ def lime_masked_split(ctx: Context, split: pd.DataFrame, model: str, original: F
     assignment = explain.mask_assignment(split, folds)
     folder = ctx.out_dir / "data" / f"lime-masked-{model}"
     t0 = time.perf_counter()
-    masked, skipped = explain.lime_masked_dataset(
-        split[["path", "label", "group"]], folder,
-        model_for=assignment.model_for(fold_models),
-        image_size=ctx.image_size, scale=models.get_spec(model).preprocess, steps=ctx.steps,
-        trained_on=assignment.trained_on,
-        num_samples=int(settings["lime_samples"]), batch_size=int(settings["lime_samples"]), seed=ctx.seed,
-        segmentation=segmentation(settings), num_features=int(settings["lime_features"]),
-        explain_label="predicted")
+    with quiet(*EXPECTED_WARNINGS):
+        masked, skipped = explain.lime_masked_dataset(
+            split[["path", "label", "group"]], folder,
+            model_for=assignment.model_for(fold_models),
+            image_size=ctx.image_size, scale=models.get_spec(model).preprocess, steps=ctx.steps,
+            trained_on=assignment.trained_on,
+            num_samples=settings.lime_samples, batch_size=settings.lime_samples, seed=ctx.seed,
+            segmentation=segmentation(settings), num_features=settings.lime_features,
+            explain_label="predicted")
     seconds = time.perf_counter() - t0
     masked = explain.source_split(masked, folder, split)
     masked["sha256"] = [io.pixel_sha256(io.load_xray(p)) for p in masked["path"]]
@@ -375,18 +438,6 @@ def sanity_extra(pointing: pd.DataFrame, rand: pd.DataFrame, masked: dict[str, d
                              "fold_models": v["fold_records"], "skipped": len(v["skipped"])}
                          for k, v in masked.items()},
     }
-
-
-def check_settings(settings: dict) -> None:
-    """Fail fast on settings the workflow cannot run."""
-    unknown = [m for m in settings["mask_models"] if m not in settings["models"]]
-    if unknown:
-        raise ValueError(f"mask_models must be a subset of models {settings['models']}. Received: {unknown}")
-    if int(settings["kfold"]) < 2:
-        raise ValueError(f"kfold must be >= 2. Received: kfold={settings['kfold']!r}")
-    pipeline.intensity_steps(settings["intensity"])  # raises for an unknown setting
-    for m in settings["models"]:
-        models.get_spec(m)
 
 
 def out_path(ctx: Context, name: str) -> Path:

@@ -42,14 +42,17 @@ def bench_head_only_training() -> dict:
     import keras
     import numpy as np
 
+    from dataclasses import replace
+
     from osteo_tf import models, pipeline, training
     from osteo_tf._warnings import RAN_OUT_OF_DATA, quiet
+    from osteo_tf.workflows import study04
 
     patients = int(os.environ.get("OSTEO_TF_BENCH_HEAD_PATIENTS", "300"))
     size = int(os.environ.get("OSTEO_TF_BENCH_HEAD_SIZE", "96"))
     split = _data(patients, size)
     class_names = ["normal", "degraded"]
-    rec = training.recipe("study04", "approach2", epochs=EPOCHS)
+    rec = replace(study04.RECIPES["approach2"], epochs=EPOCHS)
     spec = models.get_spec(MODEL)
     common = dict(class_names=class_names, image_size=size, scale=spec.preprocess, batch_size=rec.batch_size)
     train_ds = pipeline.make_dataset(split[split["split"] == "train"], training=True, seed=0, **common)

@@ -381,13 +381,13 @@ def fit_evaluate(
 
 def results_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "auc")) -> pd.DataFrame:
     """A compact table of result records with 95% CIs as "0.812 [0.70, 0.90]"."""
+    from osteo_tf import evaluation
+
     rows = []
     for r in records:
         row = {"experiment": r["experiment"], "model": r["model"], "protocol": r.get("protocol", "")}
         for k in keys:
-            v = r.get(k)
-            ci = (r.get("ci95") or {}).get(k)
-            row[k] = "–" if v is None else (f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else ""))
+            row[k] = evaluation.format_estimate(r.get(k), (r.get("ci95") or {}).get(k))
         row["train s"] = r.get("train_seconds")
         rows.append(row)
     return pd.DataFrame(rows)

@@ -36,21 +36,6 @@ EXPENSIVE_STEPS = frozenset({"bm3d_denoise", "nlmeans_denoise"})
 
 LABEL_MODES = ("categorical", "binary", "int")
 
-#: Deterministic preprocessing of each study (before the resize to the model's input size).
-STUDY_STEPS: dict[str, list[tuple[str, dict]]] = {
-    "study01": [],
-    "study02": [("bm3d_denoise", {"profile": "lc"}), ("minmax_scale", {})],
-    "study03": [("mean_filter", {"size": 3}), ("equalize_hist", {}), ("roi_crop", {"erosion_radius": 2})],
-    "study03_smudged": [("mean_filter", {"size": 3}), ("equalize_hist", {}), ("roi_crop", {"erosion_radius": 2}),
-                        ("smudge", {"size": 15})],
-    "study04": [],
-    "study05": [],
-}
-"""Study 02: BM3D then min-max scaling. Study 03: mean filter, histogram equalization, ROI crop
-(threshold, erosion, largest component, bounding box), optionally smudging. Studies 01, 04 and 05
-only resize (their augmentation is separate)."""
-
-
 INTENSITY_STEPS: dict[str, list[tuple[str, dict]]] = {"none": [], "standardize": [("standardize", {})]}
 """The studies' ``intensity`` setting -> deterministic steps: "none" (the papers' own scaling only)
 or "standardize" (per-image z-score, ``preprocessing.standardize``), which the CPU profiles of

@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,9 @@ class TrainingDivergedError(RuntimeError):
 @dataclass(frozen=True)
 class Recipe:
     """How a study trains a model (the paper's values; profiles may shorten ``epochs``).
+
+    Each study keeps its paper's recipes beside its settings (``osteo_tf.workflows.studyNN.RECIPES``);
+    ``dataclasses.replace(recipe, epochs=3)`` gives a run's variant.
 
     Attributes:
         optimizer: "sgd", "adam" or "rmsprop".
@@ -63,52 +66,6 @@ class Recipe:
     trainable: str | int = "all"
     loss: str = "categorical_crossentropy"
     source: str = ""
-
-
-RECIPES: dict[tuple[str, str], Recipe] = {
-    ("study01", "transfer"): Recipe("sgd", 1e-4, 0.9, 5, 20, None, "val_loss", "all",
-                                    source="study 01: SGD with momentum, lr 1e-4, mini-batch 5, 20 epochs, all layers trainable (momentum value not given; 0.9 assumed)"),
-    ("study01", "small_cnn"): Recipe("sgd", 1e-4, 0.9, 5, 20, None, "val_loss", "all",
-                                     source="study 01: small CNN from scratch, same optimizer settings"),
-    ("study02", "finetune"): Recipe("adam", 1e-4, 0.0, 32, 30, None, "val_loss", 143,
-                                    source="study 02: ResNet50 early layers frozen (first 143 layers = up to conv4), ~30 epochs; optimizer not stated, Adam 1e-4 assumed"),
-    ("study03", "pretrain"): Recipe("adam", 1e-3, 0.0, 32, 20, None, "val_loss", "all",
-                                    source="study 03 phase 1: in-domain self-supervised pretraining (objective chosen here: rotation prediction, Gidaris et al. 2018)"),
-    ("study03", "finetune"): Recipe("adam", 1e-4, 0.0, 16, 50, 10, "val_loss", "all",
-                                    source="study 03 phase 2: fine-tuning with lr 1e-4"),
-    ("study03", "baseline"): Recipe("adam", 1e-4, 0.0, 16, 50, 10, "val_loss", "all",
-                                    source="study 03 ImageNet baselines, lr 1e-4"),
-    ("study04", "approach1"): Recipe("sgd", 1e-4, 0.9, 24, 50, None, "val_loss", "all",
-                                     source="study 04 approach 1: all layers retrained, batch 24, SGD lr 1e-4 momentum 0.9, 50 epochs"),
-    ("study04", "approach2"): Recipe("sgd", 1e-4, 0.9, 24, 20, None, "val_loss", "head",
-                                     source="study 04 approach 2: only the new head trained, 20 epochs"),
-    ("study04", "model1"): Recipe("sgd", 1e-3, 0.6, 24, 200, 15, "val_loss", "all", "binary_crossentropy",
-                                  source="study 04 approach 3, Model 1 (Table II)"),
-    ("study04", "model2"): Recipe("sgd", 1e-4, 0.7, 24, 200, 15, "val_loss", "all", "binary_crossentropy",
-                                  source="study 04 approach 3, Model 2 (Table II)"),
-    ("study04", "model3"): Recipe("sgd", 1e-3, 0.9, 24, 200, 15, "val_loss", "all", "binary_crossentropy",
-                                  source="study 04 approach 3, Model 3 (Table II)"),
-    ("study04", "model4"): Recipe("sgd", 1e-4, 0.9, 48, 200, 15, "val_loss", "all", "binary_crossentropy",
-                                  source="study 04 approach 3, Model 4 (Table II)"),
-    ("study05", "transfer"): Recipe("adam", 1e-3, 0.0, 32, 30, None, "val_loss", "all",
-                                    source="study 05: Adam (default lr 1e-3), categorical cross-entropy, 30 epochs"),
-}
-
-
-def recipe(study: str, name: str, **overrides: Any) -> Recipe:
-    """Look up a recipe, optionally overriding fields (e.g. ``epochs=3`` for a profile).
-
-    Raises:
-        ValueError: for an unknown (study, name) or an unknown field.
-    """
-    key = (study, name)
-    if key not in RECIPES:
-        raise ValueError(f"unknown recipe {key}. Known: {sorted(RECIPES)}")
-    fields = set(Recipe.__dataclass_fields__)
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise ValueError(f"unknown recipe field(s) {bad}. Fields: {sorted(fields)}")
-    return replace(RECIPES[key], **overrides)
 
 
 def make_optimizer(rec: Recipe):
@@ -549,7 +506,7 @@ def is_finite_history(history: pd.DataFrame) -> bool:
 
 
 __all__ = [
-    "Recipe", "RECIPES", "recipe", "make_optimizer", "compile_model", "check_monitor", "train",
+    "Recipe", "make_optimizer", "compile_model", "check_monitor", "train",
     "TrainResult", "TrainingDivergedError", "split_head", "extract_features", "train_head_on_features",
     "SSL_OBJECTIVE", "rotation_pretext", "transfer_weights", "configure_precision", "cpu_strategy",
     "default_strategy", "predict_proba", "is_finite_history",

@@ -1,6 +1,8 @@
 """A small model trained on synthetic data through the real pipeline beats chance under a
 patient-grouped split (issue: model zoo, training recipes and trustworthy evaluation)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ pytest.importorskip("tensorflow")
 
 from osteo_tf import datasets, evaluation, models, pipeline, splits, synthetic, training  # noqa: E402
 from osteo_tf.config import seed_everything  # noqa: E402
+from osteo_tf.workflows import study01  # noqa: E402
 
 
 def test_small_cnn_beats_chance_on_patient_grouped_split(tmp_path):
@@ -27,7 +30,7 @@ def test_small_cnn_beats_chance_on_patient_grouped_split(tmp_path):
     test_ds = pipeline.make_dataset(parts["test"], **common)
     model = models.build("study01_cnn", input_shape=(64, 64, 3), num_classes=2)
     models.set_random_init_batchnorm(model)
-    rec = training.recipe("study01", "small_cnn", optimizer="adam", learning_rate=1e-3, batch_size=16)
+    rec = replace(study01.RECIPES["small_cnn"], optimizer="adam", learning_rate=1e-3, batch_size=16)
     model, result = training.train(model, train_ds, val_ds, rec=rec, run_dir=tmp_path / "run", epochs=15)
     y_prob = training.predict_proba(model, test_ds)
     y_true = pipeline.encode_labels(parts["test"]["label"].tolist(), classes, label_mode="int")

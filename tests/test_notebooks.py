@@ -53,7 +53,7 @@ def test_second_cell_builds_settings_then_setup_and_parameters_are_settings(path
 
     nb = nbformat.read(str(path), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    params, second = code[0], code[1].source
+    second = code[1].source
     workflow = re.search(r"from osteo_tf\.workflows import (\w+)", second)
     assert workflow, f"{path.name}: the second cell imports its workflow"
     name = workflow.group(1)

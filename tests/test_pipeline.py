@@ -118,14 +118,21 @@ def test_scale_is_applied_after_grey_to_rgb(tmp_path):
     assert float(tf.reduce_min(x)) >= -1 and float(tf.reduce_min(x)) < 0
 
 
-@pytest.mark.parametrize("study", sorted(pipeline.STUDY_STEPS))
+def _study_steps():
+    from osteo_tf.workflows import study02, study03
+
+    return {"study01": [], "study02": list(study02.STEPS), "study03": list(study03.STEPS),
+            "study03_smudged": study03.preprocessing_steps(smudge_size=15), "study04": [], "study05": []}
+
+
+@pytest.mark.parametrize("study", sorted(_study_steps()))
 def test_each_study_pipeline_yields_batches(tmp_path, study):
     """Trains nothing: pulls one batch from every study's preprocessing + augmentation."""
     m = _write(tmp_path, n=6, size=48)
     aug = augment.augmenter_for(study[:7], seed=0) if study[:7] in ("study04", "study05") else None
     mode = "binary" if study == "study04" else "categorical"
     ds = pipeline.make_dataset(m, class_names=["normal", "osteoporosis"], image_size=32, batch_size=3,
-                               steps=pipeline.STUDY_STEPS[study], training=True, augmenter=aug,
+                               steps=_study_steps()[study], training=True, augmenter=aug,
                                label_mode=mode, cache=str(tmp_path / f"{study}.cache"))
     x, y = next(iter(ds))
     assert x.shape == (3, 32, 32, 3)

@@ -29,17 +29,22 @@ def tiny_data(n=32, seed=0):
     return tf.data.Dataset.from_tensor_slices((x, np.eye(2, dtype="float32")[y])).batch(8)
 
 
-REC = training.recipe("study05", "transfer", epochs=3, learning_rate=1e-2)
+REC = training.Recipe("adam", 1e-2, 0.0, 32, 3, None, "val_loss", "all")
 
 
-def test_recipe_lookup_and_overrides():
-    r = training.recipe("study04", "model4")
+def test_study_recipes_live_with_the_studies_and_overrides_are_checked():
+    from dataclasses import replace
+
+    from osteo_tf.workflows import study01, study02, study03, study04, study05
+
+    r = study04.RECIPES["model4"]
     assert (r.batch_size, r.learning_rate, r.momentum, r.patience) == (48, 1e-4, 0.9, 15)
-    assert training.recipe("study01", "transfer", epochs=2).epochs == 2
-    with pytest.raises(ValueError, match="unknown recipe"):
-        training.recipe("study09", "x")
-    with pytest.raises(ValueError, match="unknown recipe field"):
-        training.recipe("study01", "transfer", epoch=2)
+    assert replace(study01.RECIPES["transfer"], epochs=2).epochs == 2
+    for module in (study01, study02, study03, study04, study05):
+        assert module.RECIPES and all(isinstance(v, training.Recipe) and v.source for v in module.RECIPES.values())
+    assert not hasattr(training, "RECIPES"), "study facts live with the studies"
+    with pytest.raises(TypeError, match="epoch"):
+        replace(study01.RECIPES["transfer"], epoch=2)
 
 
 def test_train_writes_run_folder(tmp_path):
@@ -155,7 +160,7 @@ def test_training_under_two_device_strategy():
         x = np.random.default_rng(0).random((16, 8, 8, 3), dtype=np.float32)
         y = np.eye(2, dtype="float32")[np.arange(16) % 2]
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-        rec = training.recipe("study05", "transfer", epochs=2)
+        rec = training.Recipe("adam", 1e-3, 0.0, 32, 2, None, "val_loss", "all")
         with tempfile.TemporaryDirectory() as d:
             m, res = training.train(build, ds, rec=rec, run_dir=d, strategy=strategy)
         assert res.epochs_run == 2

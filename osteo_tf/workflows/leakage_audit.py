@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from osteo_tf import evaluation, experiments, settings as _settings, splits
+from osteo_tf._warnings import BOOTSTRAP_SKIPPED, RAN_OUT_OF_DATA, quiet as _quiet
 from osteo_tf.experiments import Context, FitResult, Synthetic, fit_evaluate
 from osteo_tf.training import Recipe
 from osteo_tf.workflows import study01
@@ -396,10 +396,7 @@ def quiet():
 
     tf_log = logging.getLogger("tensorflow")
     level = tf_log.level
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
-        warnings.filterwarnings("ignore", message=".*Bootstrap resamples skipped.*")
-        warnings.filterwarnings("ignore", message=".*IProgress not found.*")
+    with _quiet(RAN_OUT_OF_DATA, BOOTSTRAP_SKIPPED, ".*IProgress not found.*"):
         tf_log.setLevel(logging.ERROR)
         try:
             yield
@@ -417,12 +414,6 @@ def run_audit(ctx: Context, settings: Settings, rows: tuple[str, ...] = ("R1", "
         return {r: funcs[r](ctx, settings) for r in rows}
 
 
-def _fmt(v, ci) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
-
-
 def audit_table(records: list[dict], *, metric: str = "accuracy") -> pd.DataFrame:
     """One line per audit row: leaky vs clean ``metric`` with CIs, inflation in points, CI overlap."""
 
@@ -437,8 +428,8 @@ def audit_table(records: list[dict], *, metric: str = "accuracy") -> pd.DataFram
                    "inflated, within noise (CIs overlap)" if infl is not None and infl > 0 else
                    "no inflation measured")
         rows.append({"row": g["experiment"], "leaky protocol": desc[0], "clean twin": desc[1],
-                     f"leaky {metric} [95% CI]": _fmt(leaky.get(metric), (leaky.get("ci95") or {}).get(metric)),
-                     f"clean {metric} [95% CI]": _fmt(clean.get(metric), (clean.get("ci95") or {}).get(metric)),
+                     f"leaky {metric} [95% CI]": evaluation.format_estimate(leaky.get(metric), (leaky.get("ci95") or {}).get(metric)),
+                     f"clean {metric} [95% CI]": evaluation.format_estimate(clean.get(metric), (clean.get("ci95") or {}).get(metric)),
                      "inflation (points)": infl, "CIs overlap": g["CIs overlap"],
                      "test images leaky / clean": f"{leaky.get('n_test_images')} / {clean.get('n_test_images')}",
                      "verdict": verdict})

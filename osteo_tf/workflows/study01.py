@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from osteo_tf import augment, evaluation, experiments, io, settings as _settings, splits
+from osteo_tf import augment, datasets, evaluation, experiments, settings as _settings, splits
 from osteo_tf.experiments import Context, FitResult, Synthetic, fit_evaluate, load_images
 from osteo_tf.training import Recipe
 
@@ -140,10 +140,7 @@ def offline_set_manifest(ctx: Context, sources: pd.DataFrame, set_name: str, fol
     m = pd.read_csv(manifest_path, dtype=str)
     m["source"] = m["group"]
     m["group"] = m["source"].map(group_of)
-    m["path"] = [str(folder / p) for p in m["path"]]
-    m["relpath"] = m["path"]
-    m["sha256"] = [io.pixel_sha256(io.load_xray(p)) for p in m["path"]]
-    return m
+    return datasets.rooted(m, folder, sha256=True)
 
 
 def protocol_split(ctx: Context, set_name: str, protocol: str, *, test: float = 0.2) -> pd.DataFrame:

@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from osteo_tf import experiments, models, pipeline, preprocessing, settings as _settings
+from osteo_tf import evaluation, experiments, models, pipeline, preprocessing, settings as _settings
+from osteo_tf._warnings import RAN_OUT_OF_DATA, quiet
 from osteo_tf.cache import DiskCache, cached_apply_steps
 from osteo_tf.experiments import Context, FitResult, Synthetic, build_model, load_images
 from osteo_tf.training import Recipe
@@ -431,15 +432,13 @@ def fit(ctx: Context, split: pd.DataFrame, S: Settings, plan: FreezePlan, *, exp
     expected "input ran out of data" warning (finite tf.data pipelines) is kept out of the report.
     """
     import shutil
-    import warnings
 
     from osteo_tf.experiments import fit_evaluate
 
     run_dir = ctx.runs_dir / f"{experiment}-{S.model}-clean"
     if run_dir.exists() and not (run_dir / "backup").exists():
         shutil.rmtree(run_dir)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+    with quiet(RAN_OUT_OF_DATA):
         return fit_evaluate(ctx, split, model=S.model, experiment=experiment, rec=recipe(S, plan), steps=steps,
                             model_options={"trainable": plan.trainable})
 
@@ -500,7 +499,7 @@ def per_class_table(fit: FitResult, class_names: Sequence[str], *, paper: Mappin
             pval = float(pv[j]) if pv is not None else np.nan
             ours = point[metric]
             rows.append({"class": name, "metric": metric, "ours": None if ours is None else round(float(ours), 3),
-                         "ci95": f"[{lo:.2f}, {hi:.2f}]", "ci_lo": float(lo), "ci_hi": float(hi),
+                         "ci95": evaluation.format_interval(lo, hi), "ci_lo": float(lo), "ci_hi": float(hi),
                          "paper": pval, "paper_in_ci": None if np.isnan(pval) or np.isnan(lo) else bool(lo <= pval <= hi),
                          "support": point["support"]})
     return pd.DataFrame(rows)
@@ -544,7 +543,6 @@ def val_loss_turn(history: pd.DataFrame, *, paper_epoch: int = 8) -> dict[str, A
 
 def calibration(fits: Mapping[str, FitResult], *, n_bins: int = 10) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Top-label reliability curves and a summary (ECE, Brier) of several fitted models."""
-    from osteo_tf import evaluation
 
     curves, rows = {}, []
     for name, fit in fits.items():
@@ -578,7 +576,6 @@ def paper_comparison(ctx: Context, model: str) -> pd.DataFrame:
     When a lighter backbone stands in for ResNet50 the record keeps its real name; the paper row
     is then compared against it, and the ``paper model`` / ``our model`` columns say so.
     """
-    from osteo_tf import experiments
     from osteo_tf.studies import get_study
 
     paper = [dict(r) for r in get_study(ctx.study).paper]

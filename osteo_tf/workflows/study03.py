@@ -9,8 +9,6 @@ discarded) with rotation prediction; its weights initialise the 2- and 3-class m
 
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +16,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from osteo_tf import experiments, io, models, pipeline, preprocessing, settings as _settings, splits, training
+from osteo_tf import evaluation, experiments, io, models, pipeline, preprocessing, settings as _settings, splits, training
+from osteo_tf._warnings import RAN_OUT_OF_DATA, quiet
 from osteo_tf.experiments import Context, Synthetic
 from osteo_tf.training import Recipe
 
@@ -412,7 +411,7 @@ def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: Settings, steps
     va = tf.data.Dataset.from_tensor_slices((np.asarray(to_input(x_va, channels=3)), y_va)).batch(bs)
     model = models.build(MODEL, input_shape=(size, size, 3), num_classes=4, block_pooling=settings.block_pooling)
     rec = replace(RECIPES["pretrain"], epochs=settings.pretrain_epochs, batch_size=bs)
-    with _quiet():
+    with quiet(RAN_OUT_OF_DATA):
         # monitor the TRAINING loss: the held-out rotations only measure the pretext task, and
         # checkpointing on them restored the first epoch's weights in short runs
         model, res = training.train(model, tr, va, rec=rec, run_dir=ctx.runs_dir / "phase1-rotation-pretext",
@@ -447,20 +446,11 @@ def pretrained_builder(pretext_model, *, image_size: int, num_classes: int, bloc
 # phase 2 and baselines
 
 
-@contextmanager
-def _quiet():
-    """Silence Keras' "input ran out of data" warning (finite tf.data inputs end every epoch and
-    ``predict`` call that way; ``training.train`` filters it only inside ``fit``)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
-        yield
-
-
 def run_dataset(ctx: Context, split: pd.DataFrame, *, key: str, settings: Settings, steps: Sequence,
                 pretext_model=None) -> dict:
     """Dataset ``key`` ("A"/"B"): the DCNN from scratch, the DCNN fine-tuned from the pretext model
     (lr 1e-4), and the ImageNet baselines of the profile. Returns {record model name: FitResult}."""
-    with _quiet():
+    with quiet(RAN_OUT_OF_DATA):
         return _run_dataset(ctx, split, key=key, settings=settings, steps=steps, pretext_model=pretext_model)
 
 
@@ -497,16 +487,16 @@ def scratch_vs_pretrained(records: Sequence[dict]) -> pd.DataFrame:
         if s is None:
             continue
 
-        def fmt(r):
-            if r is None:
-                return "–"
-            ci = (r.get("ci95") or {}).get("accuracy") or [None, None]
-            return f"{r['accuracy']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else "")
-
-        rows.append({"dataset": exp, "from scratch": fmt(s), "with pretraining": fmt(p),
+        rows.append({"dataset": exp, "from scratch": _accuracy(s), "with pretraining": _accuracy(p),
                      "gain (points)": None if p is None else round(100 * (p["accuracy"] - s["accuracy"]), 1),
                      "paper gain (points)": {"A (2 classes)": 4.4, "B (3 classes)": 5.1}[exp]})
     return pd.DataFrame(rows)
+
+
+def _accuracy(record: dict | None) -> str:
+    if record is None:
+        return evaluation.format_estimate(None)
+    return evaluation.format_estimate(record["accuracy"], (record.get("ci95") or {}).get("accuracy"))
 
 
 def merge(contexts: dict[str, Context | None], *, extra: dict | None = None) -> Context:

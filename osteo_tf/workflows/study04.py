@@ -20,11 +20,9 @@ What the paper did (study 04) and how this module reproduces it:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,7 +31,8 @@ import pandas as pd
 
 from dataclasses import dataclass, replace
 
-from osteo_tf import augment, experiments, pipeline, settings as _settings
+from osteo_tf import augment, datasets, experiments, io, models, pipeline, settings as _settings
+from osteo_tf._warnings import RAN_OUT_OF_DATA, quiet
 from osteo_tf.experiments import Context, Synthetic, load_images
 from osteo_tf.training import Recipe
 
@@ -324,7 +323,6 @@ def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: st
 
 
 def _setup_tbs_manifest(settings: Settings, data_dir, *, seed, out_dir) -> Context:
-    from osteo_tf import datasets
     from osteo_tf.config import get_profile, reports_dir, seed_everything
     from osteo_tf.studies import get_study
 
@@ -355,7 +353,6 @@ def work_size(settings: Settings) -> int:
 
 def model_size(settings: Settings, name: str) -> int:
     """Input size of ``name`` in this run: the run's size, raised to the model's minimum."""
-    from osteo_tf import models
 
     return max(settings.image_size, int(models.get_spec(name).min_input_size))
 
@@ -371,7 +368,6 @@ def augment_offline(ctx: Context, split: pd.DataFrame, *, size: int, target_frac
     Returns:
         ``(manifest of the written files with a split column, summary table per split)``.
     """
-    from osteo_tf import io
 
     root = Path(folder) if folder else ctx.out_dir / "data" / "offline"
     index = {c: i for i, c in enumerate(ctx.class_names)}
@@ -395,9 +391,7 @@ def augment_offline(ctx: Context, split: pd.DataFrame, *, size: int, target_frac
         m["source"] = m["group"]
         m["group"] = m["source"].map(dict(zip(ids, src["group"].astype(str))))
         m["aug"] = [r["aug"] for r in records]
-        m["path"] = [str(root / name / p) for p in m["path"]]
-        m["relpath"] = m["path"]
-        m["sha256"] = [io.pixel_sha256(io.load_xray(p)) for p in m["path"]]
+        m = datasets.rooted(m, root / name, sha256=True)
         m["split"] = name
         parts.append(m)
         pos = ctx.class_names[-1]
@@ -412,7 +406,6 @@ def augment_offline(ctx: Context, split: pd.DataFrame, *, size: int, target_frac
 
 def augmentation_examples(manifest: pd.DataFrame, n: int = 4) -> tuple[list[np.ndarray], list[str]]:
     """A few (original, augmented copy) pairs of the same source, for a figure."""
-    from osteo_tf import io
 
     aug = manifest[(manifest["aug"] != "orig") & (manifest["split"] == "train")]
     images, titles = [], []
@@ -441,16 +434,11 @@ def recipe_for(settings: Settings, approach: str, model: str | None = None) -> R
     raise ValueError(f"approach must be approach1, approach2 or approach3. Received: {approach!r}")
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence warnings that are noise in a report (the facts are in the tables): the ImageNet
-    fallback (the weights column says "random"), tf.data 'ran out of data' at each epoch end of a
-    finite dataset, and Keras' note that shuffle is ignored for a tf.data input."""
-    with warnings.catch_warnings():
-        for msg in (".*ran out of data.*", ".*shuffle=True. was passed.*", ".*has no ImageNet weights.*",
-                    ".*ImageNet weights for .* could not be loaded.*"):
-            warnings.filterwarnings("ignore", message=msg)
-        yield
+EXPECTED_WARNINGS = (RAN_OUT_OF_DATA, ".*shuffle=True. was passed.*", ".*has no ImageNet weights.*",
+                     ".*ImageNet weights for .* could not be loaded.*")
+"""Warnings that are noise in this report (the facts are in its tables): the ImageNet fallback (the
+weights column says "random"), tf.data 'ran out of data' at each epoch end of a finite dataset,
+and Keras' note that shuffle is ignored for a tf.data input."""
 
 
 def run_approach(ctx: Context, split: pd.DataFrame, settings: Settings, approach: str, model: str):
@@ -461,9 +449,8 @@ def run_approach(ctx: Context, split: pd.DataFrame, settings: Settings, approach
     (``head_only_features=True``). Approach 3: a Table II CNN (one sigmoid unit) with its own
     recipe and early stopping.
     """
-    from osteo_tf import experiments
 
-    with _quiet():
+    with quiet(*EXPECTED_WARNINGS):
         return _run_approach(ctx, split, settings, approach, model)
 
 
@@ -474,7 +461,6 @@ def steps(settings: Settings) -> list[tuple[str, dict]]:
 
 
 def _run_approach(ctx: Context, split: pd.DataFrame, settings: Settings, approach: str, model: str):
-    from osteo_tf import experiments
 
     rec = recipe_for(settings, approach, model)
     size = model_size(settings, model)
@@ -491,13 +477,11 @@ def _run_approach(ctx: Context, split: pd.DataFrame, settings: Settings, approac
 
 
 def _small_cnn(ctx: Context, name: str, size: int):
-    from osteo_tf import experiments
 
     return experiments.build_model(ctx, name, image_size=size)  # random init: PyTorch's BN momentum
 
 
 def _tunable(hp, *, input_shape, run_eagerly: bool = False):
-    from osteo_tf import models
 
     model = models.study04_tunable(hp, input_shape=input_shape)
     models.set_random_init_batchnorm(model)  # trained from scratch, as build_model's CNNs
@@ -515,10 +499,6 @@ def tuner_search(ctx: Context, split: pd.DataFrame, *, trials: int, epochs: int,
         ``best_hp`` (dict), ``builder`` (zero-argument function building the best model,
         compiled with its SGD settings) and ``seconds``.
     """
-    import keras_tuner as kt
-
-    from osteo_tf import models, pipeline
-
     parts = {s: split[split["split"] == s] for s in ("train", "val")}
     if len(parts["val"]) == 0:
         raise ValueError("tuner_search needs a validation split")
@@ -531,7 +511,7 @@ def tuner_search(ctx: Context, split: pd.DataFrame, *, trials: int, epochs: int,
     tuner = _random_search(hypermodel=hypermodel, objective="val_loss", max_trials=int(trials), seed=ctx.seed,
                            directory=str(ctx.out_dir / "tuner"), project_name="study04_tunable", overwrite=True)
     t0 = time.perf_counter()
-    with _quiet():
+    with quiet(*EXPECTED_WARNINGS):
         tuner.search(train_ds, validation_data=val_ds, epochs=int(epochs), verbose=0)
     seconds = time.perf_counter() - t0
     done = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
@@ -573,13 +553,11 @@ def fit_tuned(ctx: Context, split: pd.DataFrame, search: dict, *, epochs: int, p
               steps: Sequence = ()):
     """Retrain the tuner's best architecture (its own SGD settings) and test it, as
     ``approach3 / study04_tuned`` (no paper row: the paper reports its four chosen models)."""
-    from osteo_tf import experiments, training
-
     hp = search["best_hp"]
     rec = replace(RECIPES["model1"], epochs=int(epochs), patience=int(patience),
                   learning_rate=float(hp["learning_rate"]), momentum=float(hp["momentum"]),
                   source="study 04 approach 3: best KerasTuner trial")
-    with _quiet():
+    with quiet(*EXPECTED_WARNINGS):
         return experiments.fit_evaluate(ctx, split, model=search["builder"], experiment="approach3", rec=rec,
                                         image_size=image_size, record_as="study04_tuned", steps=steps)
 

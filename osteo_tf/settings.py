@@ -199,6 +199,18 @@ def positive(settings: StudySettings, *names: str) -> None:
             raise ValueError(f"{name} must be positive. {_received(name, value)}")
 
 
+def at_least(settings: StudySettings, name: str, minimum: float, *, meaning: str = "") -> None:
+    """Field ``name`` must be at least ``minimum`` (``meaning`` says what a boundary value means).
+
+    Raises:
+        ValueError: naming the field, the minimum and the value received.
+    """
+    value = getattr(settings, name)
+    if not value >= minimum:
+        extra = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{name} must be at least {minimum}{extra}. {_received(name, value)}")
+
+
 def choice(settings: StudySettings, name: str, allowed: Sequence[Any]) -> None:
     """Field ``name`` (or every element of a tuple field) must be one of ``allowed``.
 

@@ -97,3 +97,17 @@ def test_every_study_writes_each_profile_once_beside_its_settings(name):
 def test_every_study_rejects_an_unknown_setting(name):
     with pytest.raises(ValueError, match="Unknown setting"):
         _settings_class(name).for_profile("smoke", no_such_setting=1)
+
+
+def test_shared_checks_name_the_bound_and_the_value():
+    s = Toy.for_profile("smoke")
+    with pytest.raises(ValueError, match=r"epochs must be at least 2 \(one fold is none\). Received: epochs=1"):
+        settings.at_least(s, "epochs", 2, meaning="one fold is none")
+    settings.at_least(s, "epochs", 1)
+    with pytest.raises(ValueError, match=r"rate must be in \(0.2, 1.0\). Received: rate=0.1"):
+        settings.in_range(s, "rate", 0.2, 1.0)
+    settings.in_range(s, "rate", 0.1, 1.0, closed="low")
+    with pytest.raises(ValueError, match=r"names must name at least one value"):
+        settings.not_empty(s.replace(names=()), "names")
+    with pytest.raises(ValueError, match=r"names must be one of \['resnet50'.*Received: names=\('a',\)"):
+        settings.model_names(s, "names")  # "a" is no registered model

@@ -64,8 +64,7 @@ class Settings(_settings.StudySettings):
         _settings.choice(self, "classes", (2, 3))
         _settings.positive(self, "patients", "synth_size", "stats_size", "n_per_class")
         _settings.in_range(self, "hash_threshold", 0, datasets.HASH_BITS, closed="both")
-        if self.kfold < 2:
-            raise ValueError(f"kfold must be at least 2. Received: kfold={self.kfold!r}")
+        _settings.at_least(self, "kfold", 2)
 
 
 def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,

@@ -89,8 +89,7 @@ class Settings(_settings.StudySettings):
         _settings.model_names(self, "models", "kfold_models")
         _settings.choice(self, "optimizer", OPTIMIZERS)
         _settings.in_range(self, "learning_rate", 0.0, 1.0)
-        if self.kfold < 2:
-            raise ValueError(f"kfold must be at least 2. Received: kfold={self.kfold!r}")
+        _settings.at_least(self, "kfold", 2)
 
 
 def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,

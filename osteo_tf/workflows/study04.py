@@ -150,8 +150,7 @@ class Settings(_settings.StudySettings):
         _settings.choice(self, "small_models", tuple(f"study04_model{k}" for k in range(1, 5)))
         _settings.positive(self, "image_size", "approach1_epochs", "approach2_epochs", "small_epochs", "patience",
                            "tuner_epochs", "patients", "synth_size")
-        if self.tuner_trials < 0:
-            raise ValueError(f"tuner_trials must be 0 (no search) or more. Received: tuner_trials={self.tuner_trials!r}")
+        _settings.at_least(self, "tuner_trials", 0, meaning="0: no search")
         for name in ("degraded_fraction", "val", "test", "target_fraction"):
             _settings.in_range(self, name, 0.0, 1.0)
         _settings.in_range(self, "transfer_lr", 0.0, 1.0)

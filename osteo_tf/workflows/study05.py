@@ -120,8 +120,7 @@ class Settings(_settings.StudySettings):
         _settings.positive(self, "image_size", "epochs", "mask_epochs", "patients", "images_per_patient",
                            "batch_size", "lime_samples", "lime_segments", "lime_features", "explain_per_class",
                            "sanity_images")
-        if self.kfold < 2:
-            raise ValueError(f"kfold must be at least 2. Received: kfold={self.kfold!r}")
+        _settings.at_least(self, "kfold", 2)
         _settings.choice(self, "intensity", tuple(pipeline.INTENSITY_STEPS))
 
 

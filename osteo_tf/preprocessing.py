@@ -67,7 +67,7 @@ _BM3D_PROFILES = ("np", "lc")
 _INTERPOLATIONS = {
     "area": cv2.INTER_AREA,
     "bilinear": cv2.INTER_LINEAR,
-    "nearest": cv2.INTER_NEAREST,
+    "nearest": None,  # pixel-centre nearest, :func:`nearest_indices_take`
 }
 _RANGE_TOL = 1e-6
 
@@ -536,13 +536,15 @@ def standardize(image: np.ndarray, *, clip_sd: float = 3.0) -> np.ndarray:
 
 
 def resize(image: np.ndarray, size: int | tuple[int, int], *, interpolation: str = "area") -> np.ndarray:
-    """Resize with OpenCV.
+    """Resize an image (the package's one NumPy resize).
 
     Args:
         image: (H, W) float32 in [0, 1].
         size: an int for a square output, or ``(height, width)`` (NumPy order, not OpenCV's).
         interpolation: ``"area"`` (``cv2.INTER_AREA``, anti-aliased, the right choice for
-            downscaling), ``"bilinear"`` or ``"nearest"``.
+            downscaling), ``"bilinear"`` (``cv2.INTER_LINEAR``) or ``"nearest"`` (the input
+            pixel whose centre is nearest each output pixel's centre, as scikit-image's order-0
+            resize; for masks and label maps).
 
     Returns:
         (height, width) float32 in [0, 1].
@@ -566,8 +568,23 @@ def resize(image: np.ndarray, size: int | tuple[int, int], *, interpolation: str
         )
     if out_hw == img.shape:
         return img
+    if interpolation == "nearest":
+        return nearest_indices_take(img, out_hw)
     out = cv2.resize(img, (out_hw[1], out_hw[0]), interpolation=_INTERPOLATIONS[interpolation])
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def nearest_indices_take(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``array`` (H, W, ...) of any dtype resampled to ``size`` by pixel-centre nearest neighbour.
+
+    Output pixel ``i`` takes input pixel ``floor((i + 0.5) * H / h_out)`` (clipped), i.e. the one
+    whose centre is nearest, rounding ties up: scikit-image's order-0 resize, without its float
+    round trip, so boolean masks stay boolean.
+    """
+    h, w = array.shape[:2]
+    rows = np.clip(np.floor((np.arange(size[0]) + 0.5) * (h / size[0])).astype(int), 0, h - 1)
+    cols = np.clip(np.floor((np.arange(size[1]) + 0.5) * (w / size[1])).astype(int), 0, w - 1)
+    return array[rows][:, cols]
 
 
 # --------------------------------------------------------------------------------------------

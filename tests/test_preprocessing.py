@@ -145,6 +145,21 @@ def test_resize_tuple_is_height_width():
         P.resize(np.zeros((4, 4), np.float32), 2, interpolation="cubic")
 
 
+@pytest.mark.parametrize("shape_in,shape_out", [((2, 2), (4, 4)), ((3, 5), (7, 4)), ((48, 48), (256, 256)),
+                                                ((64, 61), (224, 299)), ((96, 96), (31, 32)), ((1, 7), (5, 3))])
+def test_resize_nearest_takes_the_pixel_whose_centre_is_nearest_as_scikit_image(shape_in, shape_out):
+    from skimage.transform import resize as sk_resize
+
+    mask = np.random.default_rng(0).random(shape_in) > 0.5
+    ref = sk_resize(mask.astype(np.float64), shape_out, order=0, mode="edge", anti_aliasing=False,
+                    preserve_range=True) > 0.5
+    out = P.nearest_indices_take(mask, shape_out)
+    assert out.dtype == bool and np.array_equal(out, ref)
+    np.testing.assert_array_equal(P.resize(mask.astype(np.float32), shape_out, interpolation="nearest"), ref)
+    np.testing.assert_array_equal(P.resize(np.kron([[0.0, 1.0]], np.ones((1, 1))).astype(np.float32), (2, 4),
+                                           interpolation="nearest"), [[0, 0, 1, 1], [0, 0, 1, 1]])
+
+
 # ------------------------------------------------------------------ study 03 ROI
 def _rect_and_speck() -> np.ndarray:
     img = np.zeros((40, 40), np.float32)

@@ -331,15 +331,10 @@ def source_split(masked: pd.DataFrame, folder: str | os.PathLike, split: pd.Data
 
 
 def _upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A (h, w) bool mask -> (H, W) bool, nearest neighbour at pixel centres.
+    """A (h, w) bool mask -> (H, W) bool, nearest neighbour at pixel centres
+    (``preprocessing.nearest_indices_take``, what ``preprocessing.resize(interpolation="nearest")`` does)."""
+    from osteo_tf.preprocessing import nearest_indices_take
 
-    scikit-image's order-0 resize: ``osteo_tf.preprocessing.resize`` samples nearest neighbours
-    with OpenCV's convention (``cv2.INTER_NEAREST``), which picks other source pixels and would
-    change the masked datasets.
-    """
     if mask.shape == tuple(shape):
         return np.asarray(mask, dtype=bool)
-    from skimage.transform import resize
-
-    return resize(mask.astype(np.float64), shape, order=0, mode="edge", anti_aliasing=False,
-                  preserve_range=True) > 0.5
+    return nearest_indices_take(np.asarray(mask, dtype=bool), tuple(shape))

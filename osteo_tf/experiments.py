@@ -3,10 +3,11 @@
 Each study workflow wraps :func:`setup` in its own ``setup(settings, ...)``; a notebook reads like
 the paper's methods section::
 
-    S = study04.Settings.for_profile(profile, epochs=epochs)
-    ctx = study04.setup(S, data_dir=data_dir, out_dir=out_dir, seed=seed)
-    split = splits.grouped_split(ctx.manifest, val=0.15, test=0.15, seed=ctx.seed)
-    run = experiments.fit_evaluate(ctx, split, model="resnet18", experiment="approach1", rec=...)
+    S = study01.Settings.for_profile(profile, epochs=epochs)
+    ctx = study01.setup(S, data_dir=data_dir, out_dir=out_dir, seed=seed)
+    split = splits.grouped_split(ctx.manifest, val=0.15, test=0.2, seed=ctx.seed)
+    run = experiments.fit_evaluate(ctx, split, model="resnet18", experiment="E1",
+                                   rec=study01.recipe(S, "resnet18"))
 
 Everything that decides a number lives here or in the modules it calls, never in a notebook.
 """
@@ -173,6 +174,7 @@ def setup(
         A :class:`Context`.
 
     Raises:
+        TypeError: ``settings`` is not a study's ``Settings``.
         ValueError: an empty ``data_dir`` / ``out_dir`` string, an unknown study or profile.
     """
     from osteo_tf import datasets

@@ -1,12 +1,14 @@
 """The ``osteo-tf`` command line (contract in the README and design notes).
 
 Every subcommand imports its module lazily, so ``osteo-tf --help`` is instant and
-``osteo-tf inspect`` does not pay for importing TensorFlow.
+``osteo-tf inspect`` does not pay for importing TensorFlow. ``python -m osteo_tf`` runs the same
+command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -66,9 +68,47 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0 if all(r["meets_target"] for r in records) else 1
 
 
+def _format_value(value: object) -> str:
+    """A parameter value as ``-p KEY=VALUE`` accepts it (tuples as comma-separated names)."""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _print_params(names: Sequence[str], profile: str) -> None:
+    """Print each study notebook's parameters: type, default, the profile's value and help."""
+    from osteo_tf import reports
+    from osteo_tf.studies import get_study, study_names
+
+    names = study_names() if list(names) == ["all"] else [get_study(n).name for n in names]
+    for i, name in enumerate(names):
+        st = get_study(name)
+        declared = reports.notebook_parameters(st.notebook)
+        values: dict[str, object] = {}
+        if st.workflow:
+            settings = importlib.import_module(f"osteo_tf.workflows.{st.workflow}").Settings.for_profile(profile)
+            values = {f: getattr(settings, f) for f in settings.field_names()}
+            values["profile"] = profile
+        rows = [(p["name"], p["inferred_type_name"], p["default"],
+                 _format_value(values[p["name"]]) if p["name"] in values else "",
+                 p["help"]) for p in declared.values()]
+        header = ("parameter", "type", "default", f"{profile} profile", "help")
+        widths = [max(len(r[c]) for r in [header, *rows]) for c in range(4)]
+        if i:
+            print()
+        print(f"{st.name}: {st.title}")
+        print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[4])
+        for row in rows:
+            print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[4])
+    print("\nOverride with -p KEY=VALUE; a default of None means the profile's value.")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from osteo_tf import reports
 
+    if args.params:
+        _print_params(args.studies, args.profile)
+        return 0
     params = reports.parse_overrides(args.param or [])
     runs = reports.run_studies(args.studies, profile=args.profile, data_dir=args.data, out=args.out,
                                params=params, progress=lambda msg: print(msg, flush=True))
@@ -114,26 +154,50 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_epilog() -> str:
+    """The epilog of ``osteo-tf run --help``: the registered studies and examples."""
+    from osteo_tf.studies import STUDIES
+
+    lines = ["studies (a name, its number such as 01, or 'all'):"]
+    lines += [f"  {name:<30} {st.title}" for name, st in STUDIES.items()]
+    lines += [
+        "",
+        "examples:",
+        "  osteo-tf run 01 --profile smoke -p models=study01_cnn",
+        "  osteo-tf run 01 --params                  # the notebook's parameters, nothing runs",
+        "  osteo-tf run all --profile quick --out reports",
+    ]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of ``osteo-tf``."""
+    from osteo_tf import __version__
+
     parser = argparse.ArgumentParser(
         prog="osteo-tf",
         description="Reproducible osteoporosis-from-radiograph studies with Keras and TensorFlow.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"osteo-tf {__version__}",
+                        help="print the version (osteo-tf VERSION) and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of the commands below; osteo-tf COMMAND --help for its options")
 
     p = sub.add_parser("synth", help="generate a synthetic radiograph dataset")
-    p.add_argument("--mode", required=True, choices=["calcaneus", "knee", "dxa"])
-    p.add_argument("--classes", type=int, default=2, choices=[2, 3])
+    p.add_argument("--mode", required=True, choices=["calcaneus", "knee", "dxa"],
+                   help="radiograph kind: calcaneus ROIs, knee X-rays or spine DXA scans")
+    p.add_argument("--classes", type=int, default=2, choices=[2, 3],
+                   help="2 (normal/osteoporosis) or 3 (adds osteopenia) (default 2)")
     p.add_argument("--patients", type=int, default=100, help="number of patients (default 100)")
-    p.add_argument("--preset", default="default", choices=["easy", "default", "hard", "realistic"])
+    p.add_argument("--preset", default="default", choices=["easy", "default", "hard", "realistic"],
+                   help="difficulty: how strongly bone quality separates the classes (default: default)")
     p.add_argument("--size", type=int, default=None, help="image size in px (default: per mode)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same arguments give byte-identical files (default 0)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("inspect", help="describe a dataset folder without modifying it")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help="a dataset folder (one sub-folder per class) or a manifest CSV")
     p.add_argument("--json", action="store_true", help="print JSON (keys: n_images, n_groups, classes, unreadable, duplicates)")
     p.set_defaults(func=_cmd_inspect)
 
@@ -142,19 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="PATH", help="write the records as JSON")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("run", help="execute study notebooks with papermill and export HTML reports")
-    p.add_argument("studies", nargs="+", help="study names or numbers, or 'all'")
-    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    p = sub.add_parser("run", help="execute study notebooks with papermill and export HTML reports",
+                       description="Execute study notebooks with papermill and export HTML reports.",
+                       epilog=_run_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study names or numbers, or 'all'")
+    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"],
+                   help="smoke: tiny data, proves the plumbing; quick: all studies in ~20 min on 2 CPU cores; full: the papers' protocols, for a GPU (default quick)")
     p.add_argument("--data", default=None, help="a dataset folder or manifest CSV (default: synthetic data)")
     p.add_argument("--out", default="reports", type=Path, help="output folder (default: reports)")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
                    help="override a notebook parameter (unknown keys are an error)")
+    p.add_argument("--params", action="store_true",
+                   help="list each notebook's parameters (type, default, the profile's value, help) and exit without running")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("predict", help="class probabilities (CSV) and explanation overlays for image files")
     p.add_argument("--model", required=True, type=Path, help="a .keras model (class names from its osteo_tf sidecar)")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, BMP, DICOM)")
-    p.add_argument("--explain", choices=["gradcam", "gradcam++", "lime"], default=None)
+    p.add_argument("--explain", choices=["gradcam", "gradcam++", "lime"], default=None,
+                   help="also write one explanation overlay PNG per image (default: none)")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     p.add_argument("--lime-samples", type=int, default=1000, help="LIME perturbation samples per image")
     p.add_argument("--seed", type=int, default=0, help="LIME seed")

@@ -136,12 +136,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from osteo_tf.config import PROFILES
-    from osteo_tf.studies import STUDIES
+    from osteo_tf.studies import NOTEBOOK_DIR, STUDIES
 
     print("studies:")
-    for name, st in STUDIES.items():
-        mark = "" if st.notebook.exists() else "  (notebook not yet written)"
+    found = [st.notebook.exists() for st in STUDIES.values()]
+    for (name, st), exists in zip(STUDIES.items(), found):
+        mark = "" if exists or not any(found) else "  (notebook not yet written)"
         print(f"  {name:<32} {st.title}{mark}")
+    if not any(found):
+        print(f"  (no notebooks in {NOTEBOOK_DIR}: `osteo-tf run` needs a clone of the repository)")
     try:
         from osteo_tf import models
 

@@ -131,3 +131,22 @@ def test_run_params_all_lists_every_study(capsys):
 def test_run_params_rejects_an_unknown_study(capsys):
     assert main(["run", "99", "--params"]) == 2
     assert "unknown study '99'" in capsys.readouterr().err
+
+
+def test_list_names_every_study(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, study in STUDIES.items():
+        assert f"  {name:<32} {study.title}\n" in out
+    assert "no notebooks in" not in out
+
+
+def test_list_says_where_notebooks_are_missing(capsys, monkeypatch, tmp_path):
+    """An installed package (``pip install .``) has no notebooks: ``list`` says so once."""
+    import osteo_tf.studies
+
+    monkeypatch.setattr(osteo_tf.studies, "NOTEBOOK_DIR", tmp_path)
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert f"(no notebooks in {tmp_path}: `osteo-tf run` needs a clone of the repository)" in out
+    assert "not yet written" not in out

@@ -351,7 +351,8 @@ def fit_evaluate(
     if head_only_features:
         if augmenter is not None:
             raise ValueError("head_only_features cannot use an on-the-fly augmenter (features are cached once)")
-        out = training.train_head_on_features(keras_model, train_ds, val_ds, rec=rec, epochs=ctx.epochs if rec.epochs is None else rec.epochs, seed=ctx.seed)
+        out = training.train_head_on_features(keras_model, train_ds, val_ds, rec=rec, epochs=ctx.epochs if rec.epochs is None else rec.epochs, seed=ctx.seed,
+                                             run_dir=run_dir)
         train_info = out
         epoch_seconds = out["epoch_seconds"]
         train_seconds = out["train_seconds"]

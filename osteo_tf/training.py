@@ -12,13 +12,16 @@ hyperparameters, then calls :func:`train`, which
 * stops with :class:`TrainingDivergedError` on a NaN/Inf loss and KEEPS the backup (Keras'
   graceful NaN stop would delete it),
 * checks the monitor name before the first epoch (Keras only warns about a misspelled monitor),
-* records seconds per epoch (study 04 reports the time for 10 epochs).
+* records seconds per epoch (study 04 reports the time for 10 epochs),
+* writes TensorBoard logs (per-epoch scalars) into ``tensorboard/`` of the run folder
+  (:func:`tensorboard_callback`); open them with ``tensorboard --logdir <runs folder>``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,6 +146,29 @@ class EpochTimer:
         return _EpochTimer()
 
 
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_callback(log_dir: str | Path):
+    """A cheap ``keras.callbacks.TensorBoard`` writing per-epoch scalars into ``log_dir``.
+
+    Losses, metrics, the learning rate and ``epoch_seconds`` (from :class:`EpochTimer`, when it
+    runs before this callback) are logged once per epoch; no weight histograms, images, graph or
+    profiler trace, so the logs cost a few milliseconds per epoch and do not touch the numerics.
+
+    Args:
+        log_dir: folder for the event files (``train/`` and ``validation/`` are made inside).
+
+    Returns:
+        The callback.
+    """
+    import keras
+
+    return keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=0, write_graph=False,
+                                       write_images=False, write_steps_per_second=False,
+                                       update_freq="epoch", profile_batch=0)
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns (and writes as ``result.json``)."""
@@ -190,7 +216,8 @@ def train(
         train_ds: training ``tf.data.Dataset`` (already batched).
         val_ds: validation dataset or None (then monitor defaults to ``loss``).
         rec: the training recipe.
-        run_dir: the run folder (created; an existing backup resumes the run).
+        run_dir: the run folder (created; an existing backup resumes the run; TensorBoard logs go
+            into its ``tensorboard/``, appended on a resume, replaced on a fresh run).
         epochs: overrides ``rec.epochs`` (profiles).
         monitor: overrides ``rec.monitor``.
         class_weight: Keras class weights from the TRAINING split.
@@ -236,6 +263,7 @@ def train(
     if not (run_dir / "backup").exists():  # a fresh run (not a resume) starts a fresh history
         for stale in ("history.csv", "best.keras", "result.json"):
             (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     timer = EpochTimer()
     best_path = run_dir / "best.keras"
     mode = "max" if any(k in monitor for k in ("acc", "auc")) else "min"
@@ -245,6 +273,7 @@ def train(
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(raise_error=True),
         keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode=mode, save_best_only=True),
+        tensorboard_callback(run_dir / TENSORBOARD_DIR),
     ]
     early = None
     if rec.patience is not None:
@@ -337,6 +366,7 @@ def train_head_on_features(
     epochs: int | None = None,
     augmented_on_the_fly: bool = False,
     seed: int = 0,
+    run_dir: str | Path | None = None,
     verbose: int = 0,
 ) -> dict:
     """Head-only training: backbone features computed ONCE, then the head trained on them.
@@ -351,6 +381,9 @@ def train_head_on_features(
         augmented_on_the_fly: must be False. Cached features cannot carry random augmentation:
             when the study augments on the fly, train the frozen model with :func:`train`.
         seed: shuffling seed for the feature batches.
+        run_dir: the run folder (created) whose ``tensorboard/`` receives the head's TensorBoard
+            logs (replacing earlier ones), as :func:`train` writes them; None writes no logs.
+        verbose: Keras verbosity.
 
     Returns:
         dict with ``history`` (DataFrame), ``feature_seconds``, ``head_seconds``, ``epoch_seconds``.
@@ -374,8 +407,13 @@ def train_head_on_features(
     tr = tf.data.Dataset.from_tensor_slices((xtr, ytr)).shuffle(len(xtr), seed=seed).batch(rec.batch_size)
     va = tf.data.Dataset.from_tensor_slices((xva, yva)).batch(rec.batch_size) if xva is not None else None
     timer = EpochTimer()
+    callbacks = [timer]
+    if run_dir is not None:  # always a fresh fit: earlier logs of the folder are replaced
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(Path(run_dir) / TENSORBOARD_DIR, ignore_errors=True)
+        callbacks.append(tensorboard_callback(Path(run_dir) / TENSORBOARD_DIR))
     t1 = time.perf_counter()
-    hist = head.fit(tr, validation_data=va, epochs=int(epochs or rec.epochs), callbacks=[timer], verbose=verbose)
+    hist = head.fit(tr, validation_data=va, epochs=int(epochs or rec.epochs), callbacks=callbacks, verbose=verbose)
     t_head = time.perf_counter() - t1
     return {"history": pd.DataFrame(hist.history), "feature_seconds": t_feat, "head_seconds": t_head,
             "epoch_seconds": list(timer.seconds), "train_seconds": t_feat + t_head}
@@ -506,7 +544,7 @@ def is_finite_history(history: pd.DataFrame) -> bool:
 
 
 __all__ = [
-    "Recipe", "make_optimizer", "compile_model", "check_monitor", "train",
+    "Recipe", "make_optimizer", "compile_model", "check_monitor", "train", "TENSORBOARD_DIR", "tensorboard_callback",
     "TrainResult", "TrainingDivergedError", "split_head", "extract_features", "train_head_on_features",
     "SSL_OBJECTIVE", "rotation_pretext", "transfer_weights", "configure_precision", "cpu_strategy",
     "default_strategy", "predict_proba", "is_finite_history",

@@ -58,6 +58,42 @@ def test_train_writes_run_folder(tmp_path):
     assert res.seconds_per_10_epochs > 0
 
 
+
+def _event_files(folder):
+    return sorted(folder.rglob("events.out.tfevents.*"))
+
+
+def _scalar_tags(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return set(acc.Tags()["scalars"]) | set(acc.Tags()["tensors"])
+
+
+def test_train_writes_tensorboard_logs_into_the_run_folder(tmp_path):
+    seed_everything(0)
+    training.train(tiny_model(), tiny_data(), tiny_data(seed=1), rec=REC, run_dir=tmp_path)
+    logs = tmp_path / training.TENSORBOARD_DIR
+    assert _event_files(logs / "train") and _event_files(logs / "validation")
+    assert {"epoch_loss", "epoch_accuracy", "epoch_epoch_seconds", "epoch_learning_rate"} <= _scalar_tags(logs / "train")
+    assert "epoch_loss" in _scalar_tags(logs / "validation")
+    # a fresh run in the same folder replaces the logs; no graph, histograms or profile are written
+    first = _event_files(logs)
+    training.train(tiny_model(), tiny_data(), tiny_data(seed=1), rec=REC, run_dir=tmp_path)
+    assert len(_event_files(logs)) == len(first) == 2
+    assert not list(logs.rglob("*.pb")) and not (logs / "plugins").exists()
+
+
+def test_tensorboard_logs_do_not_change_the_weights(tmp_path):
+    seed_everything(3)
+    with_logs, _ = training.train(tiny_model(), tiny_data(), rec=REC, run_dir=tmp_path / "a")
+    seed_everything(3)
+    model = tiny_model()
+    training.compile_model(model, REC)
+    model.fit(tiny_data(), epochs=REC.epochs, verbose=0, shuffle=False)
+    assert all(np.array_equal(x, y) for x, y in zip(with_logs.get_weights(), model.get_weights()))
+
 def test_misspelled_monitor_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="val_acuracy"):
         training.train(tiny_model(), tiny_data(), tiny_data(), rec=REC, run_dir=tmp_path, monitor="val_acuracy")
@@ -125,6 +161,17 @@ def test_head_only_training_trains_head_and_freezes_backbone():
     assert not np.array_equal(model.get_layer("predictions").get_weights()[0], head_before)
     with pytest.raises(ValueError, match="on-the-fly augmentation"):
         training.train_head_on_features(model, tiny_data(), rec=REC, augmented_on_the_fly=True)
+
+
+def test_head_only_training_writes_tensorboard_logs_when_given_a_run_folder(tmp_path):
+    seed_everything(0)
+    out = training.train_head_on_features(tiny_model(), tiny_data(), tiny_data(seed=1), rec=REC, epochs=2,
+                                          run_dir=tmp_path / "run")
+    assert len(out["epoch_seconds"]) == 2
+    logs = tmp_path / "run" / training.TENSORBOARD_DIR
+    assert _event_files(logs / "train") and _event_files(logs / "validation")
+    training.train_head_on_features(tiny_model(), tiny_data(), rec=REC, epochs=1, run_dir=tmp_path / "run")
+    assert len(_event_files(logs)) == 1, "a new fit replaces the folder's logs"
 
 
 def test_split_head_requires_named_layer():

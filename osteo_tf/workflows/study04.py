@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from osteo_tf import augment, datasets, experiments, io, models, pipeline, settings as _settings
 from osteo_tf._warnings import RAN_OUT_OF_DATA, quiet
 from osteo_tf.experiments import Context, Synthetic, load_images
-from osteo_tf.training import Recipe
+from osteo_tf.training import TENSORBOARD_DIR, Recipe, tensorboard_callback
 
 STUDY = "04-dxa-tbs"
 
@@ -492,12 +492,16 @@ def tuner_search(ctx: Context, split: pd.DataFrame, *, trials: int, epochs: int,
                  batch_size: int = 24, steps: Sequence = ()) -> dict:
     """A KerasTuner random search over ``models.study04_tunable`` (the paper used Ray Tune),
     scored on the (augmented) validation split by ``val_loss``; the test split is not touched.
+    TensorBoard logs (per-epoch scalars and the trials' hyperparameters for the HParams
+    dashboard) go into ``tuner/study04_tunable/tensorboard/`` of the output folder.
 
     Returns:
         dict with ``trials`` (DataFrame: hyperparameters, val_loss, val accuracy, seconds),
         ``best_hp`` (dict), ``builder`` (zero-argument function building the best model,
         compiled with its SGD settings) and ``seconds``.
     """
+    import keras_tuner as kt
+
     parts = {s: split[split["split"] == s] for s in ("train", "val")}
     if len(parts["val"]) == 0:
         raise ValueError("tuner_search needs a validation split")
@@ -507,11 +511,14 @@ def tuner_search(ctx: Context, split: pd.DataFrame, *, trials: int, epochs: int,
     val_ds = pipeline.make_dataset(parts["val"], **common)
     shape = (image_size, image_size, 3)
     hypermodel = functools.partial(_tunable, input_shape=shape, run_eagerly=ctx.profile.run_eagerly)
-    tuner = _random_search(hypermodel=hypermodel, objective="val_loss", max_trials=int(trials), seed=ctx.seed,
-                           directory=str(ctx.out_dir / "tuner"), project_name="study04_tunable", overwrite=True)
+    tuner = kt.RandomSearch(hypermodel=hypermodel, objective="val_loss", max_trials=int(trials), seed=ctx.seed,
+                            directory=str(ctx.out_dir / "tuner"), project_name="study04_tunable", overwrite=True)
+    # keras-tuner moves a TensorBoard callback's logs into one folder per trial and adds its
+    # HParams summaries; inside the project folder, overwrite=True clears them with the trials.
+    logs = tensorboard_callback(Path(tuner.project_dir) / TENSORBOARD_DIR)
     t0 = time.perf_counter()
     with quiet(*EXPECTED_WARNINGS):
-        tuner.search(train_ds, validation_data=val_ds, epochs=int(epochs), verbose=0)
+        tuner.search(train_ds, validation_data=val_ds, epochs=int(epochs), callbacks=[logs], verbose=0)
     seconds = time.perf_counter() - t0
     done = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
     if not done:
@@ -530,22 +537,6 @@ def tuner_search(ctx: Context, split: pd.DataFrame, *, trials: int, epochs: int,
     return {"trials": pd.DataFrame(rows), "best_hp": dict(best.values),
             "builder": functools.partial(_tunable, best, input_shape=shape, run_eagerly=ctx.profile.run_eagerly),
             "seconds": round(seconds, 1)}
-
-
-def _random_search(**kwargs):
-    """``keras_tuner.RandomSearch`` that does not import tensorboard.
-
-    keras-tuner 1.4.8 imports ``tensorboard`` at every trial under the TensorFlow backend, only
-    to patch TensorBoard callbacks; tensorboard is not a dependency here and no TensorBoard
-    callback is used, so that step is skipped.
-    """
-    import keras_tuner as kt
-
-    class _RandomSearch(kt.RandomSearch):
-        def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
-            return None
-
-    return _RandomSearch(**kwargs)
 
 
 def fit_tuned(ctx: Context, split: pd.DataFrame, search: dict, *, epochs: int, patience: int, image_size: int,

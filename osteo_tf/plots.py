@@ -7,8 +7,9 @@ array and :func:`save_overlay_png` writes it as a PNG.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -91,6 +92,103 @@ def confusion_matrices(records: Sequence[dict], class_names: Sequence[str], *, m
     fig.tight_layout()
     return fig
 
+
+
+def _curve_inputs(fit, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(y_true, y_prob, record)`` of a fit result (``.y_true``/``.y_prob``/``.record``) or a dict."""
+    if isinstance(fit, dict):
+        if "y_true" not in fit or "y_prob" not in fit:
+            raise TypeError("fits must hold fit results (with y_true, y_prob and record) or dicts with 'y_true' "
+                            f"and 'y_prob'. Received: a dict with keys {sorted(fit)}")
+        y_true, y_prob, record = fit["y_true"], fit["y_prob"], fit.get("record", fit)
+    elif hasattr(fit, "y_true") and hasattr(fit, "y_prob"):
+        y_true, y_prob, record = fit.y_true, fit.y_prob, getattr(fit, "record", None) or {}
+    else:
+        raise TypeError("fits must hold fit results (with y_true, y_prob and record) or dicts with 'y_true' "
+                        f"and 'y_prob'. Received: fits item of type {type(fit).__name__}")
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    prob = np.asarray(y_prob, dtype=np.float64)
+    if prob.ndim != 2 or prob.shape != (y.size, len(class_names)):
+        raise ValueError(f"y_prob must be (n_images, {len(class_names)}) for {len(class_names)} class_names and "
+                         f"{y.size} labels. Received: y_prob.shape={prob.shape}")
+    return y, prob, record
+
+
+def roc_pr_curves(fits, class_names: Sequence[str], *, max_cols: int = 2):
+    """ROC and precision-recall curves of the test predictions of several fits, a pair per fit.
+
+    A binary task draws the curves of its positive class (the record's ``positive``, else the
+    second class); a task of three or more classes draws one-vs-rest curves, one per class. The
+    legend gives each curve's ROC AUC or average precision (``sklearn.metrics.roc_auc_score`` and
+    ``average_precision_score``, the definitions of the records' ``auc`` and ``pr_auc``). A class
+    with no positive or no negative test image has no curve; the legend says so.
+    The dashed lines are chance: the diagonal (ROC) and the class's prevalence (precision-recall).
+
+    Args:
+        fits: fit results (``osteo_tf.experiments.FitResult``: ``y_true``, ``y_prob`` and
+            ``record``), or dicts with ``y_true``, ``y_prob`` and optionally ``record`` (or the
+            record's ``experiment``/``model``/``protocol`` keys); a dict of fit results is taken
+            by its values.
+        class_names: one name per column of ``y_prob``.
+        max_cols: fits per row (each fit takes two panels).
+
+    Returns:
+        The Figure.
+
+    Raises:
+        TypeError: an item of ``fits`` has no predictions.
+        ValueError: ``y_prob`` does not match ``class_names`` and ``y_true``; ``max_cols`` < 1.
+    """
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    if isinstance(max_cols, bool) or not isinstance(max_cols, (int, np.integer)) or max_cols < 1:
+        raise ValueError(f"max_cols must be an integer >= 1. Received: max_cols={max_cols!r}")
+    items = list(fits.values()) if isinstance(fits, Mapping) else list(fits)
+    names = [str(c) for c in class_names]
+    data = [_curve_inputs(f, names) for f in items]
+    plt = _plt()
+    n = max(len(data), 1)
+    cols = min(n, int(max_cols))
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(3.2 * 2 * cols, 3.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (y, prob, record) in enumerate(data):
+        roc_ax, pr_ax = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
+        if len(names) == 2:
+            positive = record.get("positive")
+            classes = [names.index(positive) if positive in names else 1]
+        else:
+            classes = list(range(len(names)))
+        roc_ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        for j, c in enumerate(classes):
+            hit = y == c
+            if hit.all() or not hit.any():
+                why = f"{names[c]}: no {'negative' if hit.all() else 'positive'} test image, no curve"
+                roc_ax.plot([], [], " ", label=why)
+                pr_ax.plot([], [], " ", label=why)
+                continue
+            colour = colours[j % len(colours)]
+            fpr, tpr, _ = roc_curve(hit, prob[:, c])
+            roc_ax.plot(fpr, tpr, color=colour, label=f"{names[c]} (AUC {roc_auc_score(hit, prob[:, c]):.2f})")
+            precision, recall, _ = precision_recall_curve(hit, prob[:, c])
+            pr_ax.plot(recall, precision, color=colour,
+                       label=f"{names[c]} (AP {average_precision_score(hit, prob[:, c]):.2f})")
+            pr_ax.axhline(float(hit.mean()), color=colour, lw=0.8, ls="--")
+        title = f"{record.get('experiment', '')} {record.get('model', '')} ({record.get('protocol', '')})".strip()
+        for ax, (xlabel, ylabel, kind) in ((roc_ax, ("false positive rate", "true positive rate", "ROC")),
+                                           (pr_ax, ("recall", "precision", "precision-recall"))):
+            ax.axis("on")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_title(f"{textwrap.shorten(title, 48, placeholder='...')}\n{kind}", fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
+    fig.tight_layout()
+    return fig
 
 def protocol_gap(gap: pd.DataFrame, *, metric: str = "accuracy"):
     """Paired bars: paper-protocol vs clean-protocol metric per (experiment, model)."""

@@ -5,7 +5,9 @@ parameter set: :func:`map_cached` runs one :data:`osteo_tf.preprocessing.STEPS` 
 many images and :func:`cached_apply_steps` a whole step list, both reading hits from a
 :class:`DiskCache` and computing the misses in parallel in a pool of ``spawn`` worker processes,
 each limited to one BLAS/OpenMP/OpenCV thread so ``n_jobs`` workers share the cores instead of
-oversubscribing them. The image functions themselves live in :mod:`osteo_tf.preprocessing`.
+oversubscribing them. The misses' computation shows a progress bar on the terminal (nothing
+without a TTY, never in a notebook: :mod:`osteo_tf._progress`). The image functions themselves
+live in :mod:`osteo_tf.preprocessing`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import cv2
 import numpy as np
 
 from osteo_tf import config
+from osteo_tf._progress import progress
 from osteo_tf.preprocessing import STEPS, _as_image, apply_steps, step_version, validate_steps
 
 __all__ = ["DiskCache", "cached_apply_steps", "map_cached"]
@@ -228,8 +231,10 @@ def _map(kind: str, name: str, version: str, params: Any, items: Sequence[Any], 
         if store is not None and key is not None:
             store.put(key, out)
 
+    cached = sum(r is not None for r in results)
+    label = f"{name} ({cached} cached)" if cached else name
     if backend == "serial" or jobs == 1 or len(todo) <= 1:
-        for i, image, key in todo:
+        for i, image, key in progress(todo, desc=label, unit="image"):
             _store(i, key, _run_task((kind, name, image, params)))
     else:
         ctx = multiprocessing.get_context("spawn")  # never fork: TensorFlow may be loaded
@@ -239,7 +244,8 @@ def _map(kind: str, name: str, version: str, params: Any, items: Sequence[Any], 
             futures = {pool.submit(_run_task, (kind, name, image, params)): (i, key)
                        for i, image, key in todo}
             try:
-                for fut in concurrent.futures.as_completed(futures):
+                for fut in progress(concurrent.futures.as_completed(futures), total=len(futures), desc=label,
+                                    unit="image"):
                     i, key = futures[fut]
                     _store(i, key, fut.result())
             except BrokenProcessPool as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import logging
 import sys
 import time
@@ -19,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from osteo_tf import _kernel
 from osteo_tf.config import PROJECT_ROOT, get_profile
 from osteo_tf.evaluation import format_estimate
 from osteo_tf.studies import STUDIES, get_study
 
 log = logging.getLogger(__name__)
 
-KERNEL_NAME = "osteo-tf"
+KERNEL_NAME = _kernel.KERNEL_NAME
 #: Parameters every study notebook declares and ``osteo-tf run`` fills in.
 COMMON_PARAMETERS = ("profile", "data_dir", "out_dir", "seed")
 
@@ -66,29 +66,35 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def ensure_kernel(name: str = KERNEL_NAME) -> str:
-    """Make sure the project's named kernel exists (register it in this environment if not)."""
-    from jupyter_client.kernelspec import KernelSpecManager
+    """Make sure the project's named kernel exists and starts through ``osteo_tf._kernel``.
 
-    if name not in KernelSpecManager().find_kernel_specs():
-        from ipykernel.kernelspec import install
+    A missing kernelspec, or one that runs another interpreter or plain ``ipykernel_launcher`` or
+    lacks the logging environment (an older install), is (re)written in this environment
+    (:func:`osteo_tf._kernel.install_kernel`).
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-        install(kernel_name=name, display_name="Python (osteo-tf)", prefix=sys.prefix)
-        log.info("registered Jupyter kernel %r in %s", name, sys.prefix)
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+        argv, env = spec.argv, spec.env
+    except NoSuchKernel:
+        argv, env = [], {}
+    stale = not argv or argv[0] != sys.executable or _kernel.LAUNCHER not in argv
+    if stale or any(env.get(k) != v for k, v in _kernel.KERNEL_ENV.items()):
+        path = _kernel.install_kernel(sys.prefix, name=name)
+        log.info("registered Jupyter kernel %r in %s", name, path)
     return name
 
 
-_NATIVE_LOG = re.compile(
-    r"^(?:[IWE]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] .*"
-    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\.)$"
-)
+_NATIVE_LOG = _kernel.NATIVE_LOG
 
 
 def strip_native_logs(nb) -> int:
     """Remove TensorFlow's C++ start-up log lines (absl ``I0000 ...`` lines) from stderr outputs.
 
-    They cannot be silenced by ``TF_CPP_MIN_LOG_LEVEL`` (they are printed before absl logging is
-    initialised) and say nothing about the study. Python warnings and errors are kept.
+    The kernel (``osteo_tf._kernel``) keeps them from being printed; this removes any that still
+    reach a notebook (a kernel started another way, an older kernelspec). Python warnings and
+    errors are kept.
 
     Returns:
         The number of lines removed.
@@ -148,11 +154,24 @@ def run_study(
     params: Mapping[str, Any] | None = None,
     kernel: str = KERNEL_NAME,
     progress: Callable[[str], None] = print,
+    position: tuple[int, int] = (1, 1),
+    batch_start: float | None = None,
 ) -> StudyRun:
     """Execute one study notebook with papermill and export its HTML report.
 
     Writes ``OUT/<study>/<study>.ipynb``, ``.html``, ``metrics.json`` (by the notebook) and
-    ``status.json``.
+    ``status.json``. While the notebook runs, papermill's cell bar shows on the terminal (none
+    without a TTY; it is removed when the study ends); then ``progress`` gets ONE line, e.g.
+    ``[2/7] 02-bm3d-resnet50 ok in 19 s (total 1 min 14 s)``.
+
+    Args:
+        name: the study (a registered name or its number).
+        profile, data_dir, out, params: see ``osteo-tf run``.
+        kernel: the Jupyter kernel (registered if missing, :func:`ensure_kernel`).
+        progress: receives the study's line.
+        position: ``(i, n)``: this is study ``i`` of ``n`` in the batch (the line's ``[i/n]``).
+        batch_start: ``time.perf_counter()`` when the batch started; the line then ends with the
+            batch's elapsed time.
 
     Raises:
         ValueError: unknown study, profile or parameter key (before anything runs).
@@ -177,13 +196,14 @@ def run_study(
     if data_dir is not None:
         params["data_dir"] = data_dir
     ipynb = folder / f"{study.name}.ipynb"
-    progress(f"[{study.name}] running ({profile} profile) -> {folder}")
+    tag = f"[{position[0]}/{position[1]}] {study.name}"
     t0 = time.perf_counter()
     error = None
     try:
         papermill.execute_notebook(
             str(study.notebook), str(ipynb), parameters=params, kernel_name=ensure_kernel(kernel),
-            cwd=str(PROJECT_ROOT), progress_bar=True, log_output=False, request_save_on_cell_execute=True,
+            cwd=str(PROJECT_ROOT), log_output=False, request_save_on_cell_execute=True,
+            progress_bar={"desc": tag, "leave": False, "disable": None},
         )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
@@ -196,7 +216,8 @@ def run_study(
     (folder / "status.json").write_text(json.dumps(
         {"study": study.name, "status": status, "seconds": round(seconds, 1), "error": error,
          "profile": profile, "data_dir": data_dir}, indent=2) + "\n")
-    progress(f"[{study.name}] {status} in {seconds:.0f} s" + (f": {error}" if error else ""))
+    total = f" (total {format_duration(time.perf_counter() - batch_start)})" if batch_start is not None else ""
+    progress(f"{tag} {status} in {format_duration(seconds)}{total}" + (f": {error}" if error else ""))
     return StudyRun(study.name, status, seconds, folder, error)
 
 
@@ -211,7 +232,8 @@ def run_studies(
 ) -> list[StudyRun]:
     """Run several studies (``["all"]`` = every registered one), then rebuild the index.
 
-    Parameters are validated for every study before the first one starts.
+    Parameters are validated for every study before the first one starts. ``progress`` gets one
+    line naming the output folder, then one line per study (:func:`run_study`).
     """
     from osteo_tf.studies import study_names
 
@@ -221,12 +243,24 @@ def run_studies(
         unknown = sorted(set(params or {}) - set(declared))
         if unknown:
             raise ValueError(f"unknown parameter(s) {unknown} for {n}. Declared: {sorted(declared)}")
-    runs = []
+    count = f"{len(names)} stud{'y' if len(names) == 1 else 'ies'}"
+    progress(f"running {count} ({profile} profile) -> {Path(out).resolve()}")
+    runs, start = [], time.perf_counter()
     for i, n in enumerate(names, 1):
-        progress(f"study {i}/{len(names)}")
-        runs.append(run_study(n, profile=profile, data_dir=data_dir, out=out, params=params, progress=progress))
+        runs.append(run_study(n, profile=profile, data_dir=data_dir, out=out, params=params, progress=progress,
+                              position=(i, len(names)), batch_start=start if len(names) > 1 else None))
         write_index(out)
     return runs
+
+
+def format_duration(seconds: float) -> str:
+    """``19 s``, ``1 min 14 s``, ``2 h 05 min``: a duration for a progress line."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def headline_records(study, results: list[dict]) -> list[tuple[dict, dict, str | None]]:

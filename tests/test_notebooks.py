@@ -111,6 +111,19 @@ def test_html_report_is_self_contained_and_complete(smoke_reports, study):
         assert 0.0 <= r["accuracy"] <= 1.0
 
 
+@pytest.mark.parametrize("study", study_names())
+def test_reports_hold_no_tensorflow_warning_native_log_line_or_progress_bar(smoke_reports, study):
+    out, _ = smoke_reports
+    nb = nbformat.read(str(out / study / f"{study}.ipynb"), as_version=4)
+    streams = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])
+                      if o.get("output_type") == "stream")
+    assert "WARNING:tensorflow" not in streams
+    assert not [ln for ln in streams.splitlines() if reports._NATIVE_LOG.match(ln)]
+    assert "LIME masks" not in streams and "image/s" not in streams and "cell/s" not in streams
+    html = (out / study / f"{study}.html").read_text(encoding="utf-8")
+    assert "WARNING:tensorflow" not in html and "retracing" not in html
+
+
 def test_index_lists_every_study_with_status(smoke_reports):
     out, _ = smoke_reports
     index = (out / "index.html").read_text()

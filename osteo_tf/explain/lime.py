@@ -7,6 +7,9 @@ draws as lime's, perturbations built vectorized, predictions in large batches an
 progress bar (lime 0.2.0.1 has no ``progress_bar`` switch: its bar is unconditional).
 :class:`ModelPredictor` is the ``classifier_fn`` for a Keras model: one compiled forward
 function that repeats the grey channel and applies the model's input scaling inside the graph.
+TensorFlow's "frequent retracing" notice about that function (it counts the traces of every
+model's forward function together) is dropped while a :class:`ModelPredictor` predicts, and only
+there.
 
 This module is ``osteo_tf.explain.lime``; ``import lime`` inside it is an absolute import and
 resolves to the third-party ``lime`` package.
@@ -14,6 +17,8 @@ resolves to the third-party ``lime`` package.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -132,6 +137,37 @@ def make_segmentation_fn(segmentation: tuple[str, Mapping] | Callable = DEFAULT_
 _FORWARD: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
+class _OwnRetracingNotice(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls to <forward> triggered tf.function retracing".
+
+    TensorFlow counts traces per Python code object, so the forward functions of several models
+    (one ``tf.function`` per model, each traced once per input shape, k-fold mask models for
+    instance) add up to its "frequent retracing" notice although no function retraces in a loop.
+    Only that notice about :func:`_compiled_forward`'s own function is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "_compiled_forward.<locals>.forward" in message)
+
+
+_RETRACING_FILTER = _OwnRetracingNotice()
+
+
+@contextlib.contextmanager
+def _quiet_own_retracing():
+    """Applies :class:`_OwnRetracingNotice` to the ``tensorflow`` logger inside the block only."""
+    logger = logging.getLogger("tensorflow")
+    added = _RETRACING_FILTER not in logger.filters
+    if added:
+        logger.addFilter(_RETRACING_FILTER)
+    try:
+        yield
+    finally:
+        if added:
+            logger.removeFilter(_RETRACING_FILTER)
+
+
 def _compiled_forward(model: Any, *, channels: int, scale: Callable | None = None):
     """One ``tf.function`` per (model, channels, scale), cached weakly on the model: explaining
     many images traces once. The function takes ONE grey channel, repeats it to ``channels``
@@ -183,7 +219,8 @@ class ModelPredictor:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         grey = np.asarray(rgb, dtype=np.float32)
         grey = grey[..., :1] if grey.ndim == 4 else grey[..., None]
-        out = [np.asarray(self._forward(grey[i:i + self.batch_size])) for i in range(0, len(grey), self.batch_size)]
+        with _quiet_own_retracing():
+            out = [np.asarray(self._forward(grey[i:i + self.batch_size])) for i in range(0, len(grey), self.batch_size)]
         return probabilities(np.concatenate(out, axis=0))
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from osteo_tf._progress import progress
 from osteo_tf.explain.lime import DEFAULT_SEGMENTATION, ModelPredictor, lime_explain
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,8 @@ def lime_masked_dataset(
     groups it was trained on) an image whose group the model saw raises ``ValueError``. The mask
     is computed at the model's input size (``image_size`` after ``steps``) and applied,
     nearest-neighbour upsampled (at pixel centres), to the ORIGINAL image, so the masked dataset
-    can be resized / split / augmented as before.
+    can be resized / split / augmented as before. A progress bar shows on the terminal (none
+    without a TTY, never in a notebook's outputs).
 
     Args:
         manifest: DataFrame or CSV with ``path``, ``label``, ``group`` (relative paths resolve
@@ -261,7 +263,8 @@ def lime_masked_dataset(
     lookup = model_for if callable(model_for) else (lambda row: model_for[str(row["path"])])
     predictors: dict[str, Any] = {}
     rows, skipped, used = [], [], set()
-    for (_, row), src in zip(manifest.iterrows(), sources):
+    for (_, row), src in progress(zip(manifest.iterrows(), sources), total=len(sources), desc="LIME masks",
+                                  unit="image"):
         model_id, model = lookup(row)
         model_id = str(model_id)
         if trained_on is not None and str(row["group"]) in set(map(str, trained_on.get(model_id, ()))):

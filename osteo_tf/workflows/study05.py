@@ -141,13 +141,7 @@ def segmentation(settings: Settings) -> tuple[str, dict]:
 def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: str | Path | None = None,
           seed: int = 0) -> Context:
     """Seed, find or generate the data (the synthetic knee at its native 256 px, resized by the
-    pipeline), record provenance; ``ctx.steps`` are the ``intensity`` steps.
-
-    Also silences TensorFlow's Python-side retracing notices (each k-fold mask model traces its
-    own forward function once; that is expected and would only clutter the report)."""
-    import logging
-
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    pipeline), record provenance; ``ctx.steps`` are the ``intensity`` steps."""
     ctx = experiments.setup(STUDY, settings, data_dir=data_dir, out_dir=out_dir, seed=seed,
                             synthetic=Synthetic("knee", 2, settings.patients,
                                                 images_per_patient=settings.images_per_patient))

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from osteo_tf import _kernel, _progress, reports
+from osteo_tf._warnings import KERAS_PREDICT_FUNCTION, quiet_retracing
 from osteo_tf.explain import lime as explain_lime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,13 +132,53 @@ def test_lime_drops_only_its_own_retracing_notice(caplog):
            "tf.function retracing. Tracing is expensive")
     other = "5 out of the last 11 calls to <function train_step at 0x7f> triggered tf.function retracing."
     logger = logging.getLogger("tensorflow")
+    before = list(logger.filters)
     with caplog.at_level(logging.WARNING, logger="tensorflow"):
-        with explain_lime._quiet_own_retracing():
+        with quiet_retracing(explain_lime.LIME_FORWARD_FUNCTION):
             logger.warning(own)
             logger.warning(other)
+            logger.warning("something else")
         logger.warning(own)
-    assert [r.getMessage() for r in caplog.records] == [other, own]
-    assert explain_lime._RETRACING_FILTER not in logger.filters
+    assert [r.getMessage() for r in caplog.records] == [other, "something else", own]
+    assert logger.filters == before
+
+
+def test_quiet_retracing_needs_function_names():
+    with pytest.raises(ValueError, match=r"Received: functions=\(\)"):
+        with quiet_retracing():
+            pass
+    with pytest.raises(TypeError, match=r"Received: functions\[0\]=3"):
+        with quiet_retracing(3):
+            pass
+
+
+def test_keras_predict_steps_of_several_models_retrace_without_a_notice_in_the_block(caplog, monkeypatch):
+    """One predict step per model, each traced once: TensorFlow's notice comes from counting them
+    together; inside the block it is gone, outside it is shown. TensorFlow gives at most two such
+    notices per function per process, so each half starts with a fresh counter."""
+    import keras
+    import numpy as np
+    from tensorflow.python.eager.polymorphic_function import polymorphic_function as pf
+
+    from osteo_tf import training
+
+    x = np.zeros((5, 4), np.float32)
+
+    def predict_models(n):
+        for _ in range(n):
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+            training.predict_proba(model, x)
+
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        monkeypatch.setattr(pf, "_frequent_tracing_detector_manager", pf._FrequentTracingDetectorManager())
+        with quiet_retracing(KERAS_PREDICT_FUNCTION):
+            predict_models(6)
+        inside = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+        monkeypatch.setattr(pf, "_frequent_tracing_detector_manager", pf._FrequentTracingDetectorManager())
+        predict_models(6)
+    outside = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+    assert inside == []
+    assert outside and KERAS_PREDICT_FUNCTION in outside[0], "the notice this block exists for"
 
 
 def _read_available(fd: int, wait: float = 0.5) -> str:

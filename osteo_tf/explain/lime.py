@@ -17,14 +17,13 @@ resolves to the third-party ``lime`` package.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from osteo_tf._warnings import quiet_retracing
 from osteo_tf.explain._common import probabilities
 
 SEGMENTATIONS = ("slic", "quickshift")
@@ -137,35 +136,11 @@ def make_segmentation_fn(segmentation: tuple[str, Mapping] | Callable = DEFAULT_
 _FORWARD: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
-class _OwnRetracingNotice(logging.Filter):
-    """Drops TensorFlow's "N out of the last M calls to <forward> triggered tf.function retracing".
-
-    TensorFlow counts traces per Python code object, so the forward functions of several models
-    (one ``tf.function`` per model, each traced once per input shape, k-fold mask models for
-    instance) add up to its "frequent retracing" notice although no function retraces in a loop.
-    Only that notice about :func:`_compiled_forward`'s own function is dropped.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("triggered tf.function retracing" in message and "_compiled_forward.<locals>.forward" in message)
-
-
-_RETRACING_FILTER = _OwnRetracingNotice()
-
-
-@contextlib.contextmanager
-def _quiet_own_retracing():
-    """Applies :class:`_OwnRetracingNotice` to the ``tensorflow`` logger inside the block only."""
-    logger = logging.getLogger("tensorflow")
-    added = _RETRACING_FILTER not in logger.filters
-    if added:
-        logger.addFilter(_RETRACING_FILTER)
-    try:
-        yield
-    finally:
-        if added:
-            logger.removeFilter(_RETRACING_FILTER)
+LIME_FORWARD_FUNCTION = "_compiled_forward.<locals>.forward"
+"""The qualified name of :func:`_compiled_forward`'s function, as TensorFlow's retracing notice
+prints it: one ``tf.function`` per model, each traced once per input shape, so TensorFlow's
+per-code-object count reaches its "frequent retracing" notice with several models (k-fold
+mask models), although no function retraces per call."""
 
 
 def _compiled_forward(model: Any, *, channels: int, scale: Callable | None = None):
@@ -219,7 +194,7 @@ class ModelPredictor:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         grey = np.asarray(rgb, dtype=np.float32)
         grey = grey[..., :1] if grey.ndim == 4 else grey[..., None]
-        with _quiet_own_retracing():
+        with quiet_retracing(LIME_FORWARD_FUNCTION):
             out = [np.asarray(self._forward(grey[i:i + self.batch_size])) for i in range(0, len(grey), self.batch_size)]
         return probabilities(np.concatenate(out, axis=0))
 

@@ -48,6 +48,10 @@ NATIVE_LOG = re.compile(
 """One line of TensorFlow's C++ logging (absl format ``I0000 00:00:... file.cc:12] ...``), absl's
 pre-initialisation notice, or the CPU-instructions notice's second line."""
 
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+"""ipykernel's matplotlib backend (figures shown in the notebook), set by :func:`main` when the
+environment names none, before TensorFlow (and with it matplotlib) is imported."""
+
 _TCP_NOTICE = "Kernel is running over TCP without encryption"
 _SHUTDOWN_INTERRUPT = "KeyboardInterrupt caught in kernel"
 
@@ -147,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     notices filtered (:class:`_KernelAppNotices`), then ipykernel's app."""
     if sys.path and sys.path[0] == "":  # as ipykernel_launcher: the cwd is not an import root
         del sys.path[0]
+    # `import tensorflow` imports matplotlib.pyplot, which reads MPLBACKEND then: set it first,
+    # as ipykernel would before the notebook's first import, or figures are not shown inline.
+    if not os.environ.get("MPLBACKEND"):
+        os.environ["MPLBACKEND"] = INLINE_BACKEND
     import_quietly("tensorflow")
     logging.getLogger("IPKernelApp").addFilter(_KernelAppNotices())
     from ipykernel import kernelapp

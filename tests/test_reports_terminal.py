@@ -198,14 +198,16 @@ def _read_available(fd: int, wait: float = 0.5) -> str:
 
 def test_a_kernel_on_a_terminal_keeps_native_logs_and_progress_out_of_the_notebook(tmp_path):
     """papermill on a pseudo-terminal, as ``osteo-tf run`` in a shell: the terminal shows the
-    progress bar and no TensorFlow native line; the executed notebook holds neither."""
+    progress bar and no TensorFlow native line; the executed notebook holds neither, and shows
+    its figure inline although the launcher imported TensorFlow (and so matplotlib) first."""
     reports.ensure_kernel()
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
         "import tensorflow as tf\n"
         "from osteo_tf._progress import progress\n"
         "print(float(tf.reduce_sum(tf.constant([1.0, 2.0]))))\n"
-        "print(sum(progress(range(3), desc='bar-in-kernel', unit='image')))")]
+        "print(sum(progress(range(3), desc='bar-in-kernel', unit='image')))"),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2]);")]
     nb.metadata["kernelspec"] = {"name": "osteo-tf", "display_name": "Python (osteo-tf)", "language": "python"}
     src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, str(src))
@@ -228,6 +230,7 @@ def test_a_kernel_on_a_terminal_keeps_native_logs_and_progress_out_of_the_notebo
     outputs = [o for c in nbformat.read(str(dst), as_version=4).cells for o in c.outputs]
     texts = "".join(o.get("text", "") for o in outputs)
     assert "3.0\n3\n" in texts
+    assert [o for o in outputs if "image/png" in o.get("data", {})], "figures are shown inline (MPLBACKEND set)"
     assert not [o for o in outputs if o.get("name") == "stderr"], texts
     assert "bar-in-kernel" in terminal, (repr(terminal), texts)
     for native in ("oneDNN", "cuInit", "cuda drivers", "absl::InitializeLog", "without encryption", "IPKernelApp"):

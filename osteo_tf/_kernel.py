@@ -146,9 +146,32 @@ def import_quietly(module: str = "tensorflow") -> bool:
     return ok
 
 
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is at the time (in a kernel: the notebook)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _follow_sys_stderr(logger: logging.Logger) -> None:
+    """Point the logger's handlers on the process's original stderr at :class:`_CurrentStderr`.
+
+    TensorFlow's Python logger gets its handler while TensorFlow is imported, bound to the
+    ``sys.stderr`` of that moment: imported by :func:`main`, before ipykernel replaces
+    ``sys.stderr``, it would write its warnings to the terminal (fd 2) instead of the notebook.
+    """
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.__stderr__:
+            handler.setStream(_CurrentStderr())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Start the kernel: environment defaults, TensorFlow imported quietly, two of ipykernel's
-    notices filtered (:class:`_KernelAppNotices`), then ipykernel's app."""
+    """Start the kernel: environment defaults, TensorFlow imported quietly with its Python logger
+    writing to the notebook, two of ipykernel's notices filtered (:class:`_KernelAppNotices`),
+    then ipykernel's app."""
     if sys.path and sys.path[0] == "":  # as ipykernel_launcher: the cwd is not an import root
         del sys.path[0]
     # `import tensorflow` imports matplotlib.pyplot, which reads MPLBACKEND then: set it first,
@@ -156,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not os.environ.get("MPLBACKEND"):
         os.environ["MPLBACKEND"] = INLINE_BACKEND
     import_quietly("tensorflow")
+    _follow_sys_stderr(logging.getLogger("tensorflow"))
     logging.getLogger("IPKernelApp").addFilter(_KernelAppNotices())
     from ipykernel import kernelapp
 

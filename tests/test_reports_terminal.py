@@ -207,7 +207,8 @@ def test_a_kernel_on_a_terminal_keeps_native_logs_and_progress_out_of_the_notebo
         "from osteo_tf._progress import progress\n"
         "print(float(tf.reduce_sum(tf.constant([1.0, 2.0]))))\n"
         "print(sum(progress(range(3), desc='bar-in-kernel', unit='image')))"),
-        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2]);")]
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2]);"),
+        nbformat.v4.new_code_cell("tf.get_logger().warning('a-python-tf-warning')")]
     nb.metadata["kernelspec"] = {"name": "osteo-tf", "display_name": "Python (osteo-tf)", "language": "python"}
     src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, str(src))
@@ -231,7 +232,9 @@ def test_a_kernel_on_a_terminal_keeps_native_logs_and_progress_out_of_the_notebo
     texts = "".join(o.get("text", "") for o in outputs)
     assert "3.0\n3\n" in texts
     assert [o for o in outputs if "image/png" in o.get("data", {})], "figures are shown inline (MPLBACKEND set)"
-    assert not [o for o in outputs if o.get("name") == "stderr"], texts
+    stderr = [o["text"] for o in outputs if o.get("name") == "stderr"]
+    assert stderr == ["WARNING:tensorflow:a-python-tf-warning\n"], "TensorFlow's Python logger writes to the notebook"
+    assert "a-python-tf-warning" not in terminal
     assert "bar-in-kernel" in terminal, (repr(terminal), texts)
     for native in ("oneDNN", "cuInit", "cuda drivers", "absl::InitializeLog", "without encryption", "IPKernelApp"):
         assert native not in terminal and native not in texts, (native, terminal)

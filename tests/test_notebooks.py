@@ -124,6 +124,14 @@ def test_reports_hold_no_tensorflow_warning_native_log_line_or_progress_bar(smok
     assert "WARNING:tensorflow" not in html and "retracing" not in html
 
 
+def test_every_training_run_folder_holds_tensorboard_event_files(smoke_reports):
+    out, _ = smoke_reports
+    runs = [d for d in sorted(out.glob("*/runs/*")) if d.is_dir()]
+    assert len(runs) >= 10, [str(d) for d in runs]  # every study but the dataset card trains
+    missing = [str(d.relative_to(out)) for d in runs if not any(d.rglob("events.out.tfevents.*"))]
+    assert not missing, missing
+
+
 def test_index_lists_every_study_with_status(smoke_reports):
     out, _ = smoke_reports
     index = (out / "index.html").read_text()

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from osteo_tf import __version__
-from osteo_tf._warnings import KERAS_PREDICT_FUNCTION, quiet_retracing
 from osteo_tf.config import Profile, data_dir as default_data_dir, get_profile, seed_everything
 from osteo_tf.settings import StudySettings
 
@@ -367,8 +366,7 @@ def fit_evaluate(
         epoch_seconds = train_info.epoch_seconds
         train_seconds = train_info.train_seconds
     wall = time.perf_counter() - t0
-    with quiet_retracing(KERAS_PREDICT_FUNCTION):  # one predict step per model: expected, see the constant
-        y_prob = training.predict_proba(keras_model, test_ds)
+    y_prob = training.predict_proba(keras_model, test_ds)
     y_true = pipeline.encode_labels(parts["test"]["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
     groups = parts["test"]["group"].astype(str).to_numpy()
     record = evaluation.result_record(

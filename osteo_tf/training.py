@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from osteo_tf._warnings import RAN_OUT_OF_DATA, quiet
+from osteo_tf._warnings import KERAS_PREDICT_FUNCTION, RAN_OUT_OF_DATA, quiet, quiet_retracing
 
 log = logging.getLogger(__name__)
 
@@ -529,8 +529,13 @@ def default_strategy():
 
 
 def predict_proba(model, ds) -> np.ndarray:
-    """Class probabilities (N, C) for a dataset; a single-sigmoid model becomes (N, 2)."""
-    with quiet(RAN_OUT_OF_DATA):  # unknown-cardinality pipelines (see train()) are expected
+    """Class probabilities (N, C) for a dataset; a single-sigmoid model becomes (N, 2).
+
+    Keras' "ran out of data" note (unknown-cardinality pipelines, see :func:`train`) and
+    TensorFlow's retracing notice about Keras' predict step (one per model, counted together
+    across the models of a study: ``_warnings.KERAS_PREDICT_FUNCTION``) are expected and hidden.
+    """
+    with quiet(RAN_OUT_OF_DATA), quiet_retracing(KERAS_PREDICT_FUNCTION):
         p = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 1:
         p = np.concatenate([1 - p, p], axis=1)

@@ -41,9 +41,7 @@ class Context:
     out_dir: Path
     image_size: int | None
     epochs: int | None
-    settings: StudySettings | None = None
-    weights: str = "imagenet"
-    allow_random_init: bool = True
+    settings: StudySettings
     results: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     quarantine: pd.DataFrame | None = None
@@ -55,6 +53,16 @@ class Context:
     """Contexts of the datasets a study runs separately (study 03: datasets A and B), by key."""
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     """Tables a study's setup computed for its report (study 04: how the labels were derived)."""
+
+    @property
+    def weights(self) -> str:
+        """The pretrained weights the run asks for (``settings.weights``)."""
+        return self.settings.weights
+
+    @property
+    def allow_random_init(self) -> bool:
+        """Whether a missing weights file falls back to random initialisation (``settings``)."""
+        return self.settings.allow_random_init
 
     @property
     def runs_dir(self) -> Path:
@@ -224,8 +232,7 @@ def setup(
     return Context(
         study=st.name, profile=prof, seed=seed, manifest=manifest, class_names=class_names, data=data,
         out_dir=out, image_size=None if size is None else int(size), epochs=None if n_epochs is None else int(n_epochs),
-        settings=settings, weights=settings.weights, allow_random_init=settings.allow_random_init,
-        quarantine=ds.quarantine, duplicates=ds.duplicates,
+        settings=settings, quarantine=ds.quarantine, duplicates=ds.duplicates,
     )
 
 
@@ -435,11 +442,10 @@ def finish(ctx: Context, *, paper: list[dict] | None = None, extra: dict | None 
     from osteo_tf import evaluation
     from osteo_tf.studies import get_study
 
-    recorded = {"settings": ctx.settings.as_dict()} if ctx.settings is not None else {}
     doc = evaluation.metrics_document(
         study=ctx.study, profile=ctx.profile.name, seed=ctx.seed, data=ctx.data, versions=versions(),
         results=ctx.results, paper=paper if paper is not None else get_study(ctx.study).paper,
-        extra={**recorded, **ctx.extra, **(extra or {})},
+        extra={"settings": ctx.settings.as_dict(), **ctx.extra, **(extra or {})},
     )
     path = ctx.out_dir / "metrics.json"
     evaluation.write_metrics_json(path, doc)

@@ -336,8 +336,7 @@ def _setup_tbs_manifest(settings: Settings, data_dir, *, seed, out_dir) -> Conte
             "n_unreadable": int(len(ds.quarantine))}
     return Context(study=st.name, profile=prof, seed=seed, manifest=ds.manifest.copy(), class_names=[], data=data,
                    out_dir=out, image_size=settings.image_size, epochs=None, settings=settings,
-                   weights=settings.weights, allow_random_init=settings.allow_random_init, quarantine=ds.quarantine,
-                   duplicates=ds.duplicates)
+                   quarantine=ds.quarantine, duplicates=ds.duplicates)
 
 
 # ----------------------------------------------------------------------------------------------

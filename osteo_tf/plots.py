@@ -70,17 +70,29 @@ def study01_variants_figure(path: str, *, size: int = 128):
     return image_row(images, titles)
 
 
+def _panel_grid(n_items: int, max_cols: int, *, panel_size: tuple[float, float], panels_per_item: int = 1):
+    """A figure of ``n_items`` items, at most ``max_cols`` per row, each ``panels_per_item``
+    panels of ``panel_size`` inches; every axis starts hidden (the caller shows those it draws).
+
+    Returns:
+        ``(figure, axes (rows, cols * panels_per_item), cols)``.
+    """
+    plt = _plt()
+    n = max(n_items, 1)
+    cols = min(n, max_cols)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, panels_per_item * cols, squeeze=False,
+                             figsize=(panel_size[0] * panels_per_item * cols, panel_size[1] * rows))
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes, cols
+
+
 def confusion_matrices(records: Sequence[dict], class_names: Sequence[str], *, max_cols: int = 4):
     """Confusion matrices (rows = true class) of result records side by side."""
     import seaborn as sns
 
-    plt = _plt()
-    n = max(len(records), 1)
-    cols = min(n, max_cols)
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes, _ = _panel_grid(len(records), max_cols, panel_size=(3.2, 3.0))
     for ax, r in zip(axes.flat, records):
         ax.axis("on")
         cm = np.asarray(r["confusion_matrix"])
@@ -147,12 +159,7 @@ def roc_pr_curves(fits, class_names: Sequence[str], *, max_cols: int = 2):
     names = [str(c) for c in class_names]
     data = [_curve_inputs(f, names) for f in items]
     plt = _plt()
-    n = max(len(data), 1)
-    cols = min(n, int(max_cols))
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(3.2 * 2 * cols, 3.1 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes, cols = _panel_grid(len(data), int(max_cols), panel_size=(3.2, 3.1), panels_per_item=2)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (y, prob, record) in enumerate(data):
         roc_ax, pr_ax = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
@@ -189,6 +196,7 @@ def roc_pr_curves(fits, class_names: Sequence[str], *, max_cols: int = 2):
                 ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
     fig.tight_layout()
     return fig
+
 
 def protocol_gap(gap: pd.DataFrame, *, metric: str = "accuracy"):
     """Paired bars: paper-protocol vs clean-protocol metric per (experiment, model)."""

@@ -69,7 +69,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str) and item_is_number(value):
+        if isinstance(value, str) and _is_number(value):
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -79,7 +79,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     raise ValueError(f"{name} must be {_type_name(tp)}. {_received(name, value)}")
 
 
-def item_is_number(text: str) -> bool:
+def _is_number(text: str) -> bool:
     """Whether ``text`` parses as a float (``"1e-3"`` from a comma-separated parameter)."""
     try:
         float(text)

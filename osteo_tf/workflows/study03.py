@@ -450,31 +450,27 @@ def run_dataset(ctx: Context, split: pd.DataFrame, *, key: str, settings: Settin
                 pretext_model=None) -> dict:
     """Dataset ``key`` ("A"/"B"): the DCNN from scratch, the DCNN fine-tuned from the pretext model
     (lr 1e-4), and the ImageNet baselines of the profile. Returns {record model name: FitResult}."""
-    with quiet(RAN_OUT_OF_DATA):
-        return _run_dataset(ctx, split, key=key, settings=settings, steps=steps, pretext_model=pretext_model)
-
-
-def _run_dataset(ctx, split, *, key, settings, steps, pretext_model):
     exp = DATASETS[key]
     bs = settings.batch_size
     pooling = settings.block_pooling
     fits = {}
     lr = settings.learning_rate
     scratch = replace(RECIPES["finetune"], epochs=ctx.epochs, batch_size=bs, learning_rate=lr)
-    fits[MODEL] = experiments.fit_evaluate(ctx, split, model=MODEL, experiment=exp, rec=scratch, steps=steps,
-                                           model_options={"block_pooling": pooling}, record_as=MODEL)
-    if pretext_model is not None:
-        builder = pretrained_builder(pretext_model, image_size=ctx.image_size, num_classes=len(ctx.class_names),
-                                     block_pooling=pooling)
-        fit = experiments.fit_evaluate(ctx, split, model=builder, experiment=exp, rec=scratch, steps=steps,
-                                       record_as=PRETRAINED)
-        fit.record["weights"] = f"rotation-pretext ({len(getattr(builder, 'copied', []))} layers copied)"
-        fits[PRETRAINED] = fit
-    base = replace(RECIPES["baseline"], epochs=ctx.epochs, batch_size=bs, learning_rate=lr)
-    for name in getattr(settings, f"baselines_{key.lower()}"):
-        size = max(settings.baseline_size, models.get_spec(name).min_input_size)
-        fits[name] = experiments.fit_evaluate(ctx, split, model=name, experiment=exp, rec=base, steps=steps,
-                                              image_size=size, record_as=name)
+    with quiet(RAN_OUT_OF_DATA):
+        fits[MODEL] = experiments.fit_evaluate(ctx, split, model=MODEL, experiment=exp, rec=scratch, steps=steps,
+                                               model_options={"block_pooling": pooling}, record_as=MODEL)
+        if pretext_model is not None:
+            builder = pretrained_builder(pretext_model, image_size=ctx.image_size, num_classes=len(ctx.class_names),
+                                         block_pooling=pooling)
+            fit = experiments.fit_evaluate(ctx, split, model=builder, experiment=exp, rec=scratch, steps=steps,
+                                           record_as=PRETRAINED)
+            fit.record["weights"] = f"rotation-pretext ({len(getattr(builder, 'copied', []))} layers copied)"
+            fits[PRETRAINED] = fit
+        base = replace(RECIPES["baseline"], epochs=ctx.epochs, batch_size=bs, learning_rate=lr)
+        for name in getattr(settings, f"baselines_{key.lower()}"):
+            size = max(settings.baseline_size, models.get_spec(name).min_input_size)
+            fits[name] = experiments.fit_evaluate(ctx, split, model=name, experiment=exp, rec=base, steps=steps,
+                                                  image_size=size, record_as=name)
     return fits
 
 
@@ -486,7 +482,6 @@ def scratch_vs_pretrained(records: Sequence[dict]) -> pd.DataFrame:
         s, p = by.get((exp, MODEL)), by.get((exp, PRETRAINED))
         if s is None:
             continue
-
         rows.append({"dataset": exp, "from scratch": _accuracy(s), "with pretraining": _accuracy(p),
                      "gain (points)": None if p is None else round(100 * (p["accuracy"] - s["accuracy"]), 1),
                      "paper gain (points)": {"A (2 classes)": 4.4, "B (3 classes)": 5.1}[exp]})

@@ -47,15 +47,14 @@ def bench_lime_batched() -> dict:
 
     samples = int(os.environ.get("OSTEO_TF_BENCH_LIME_SAMPLES", "1000"))
     keras.utils.set_random_seed(0)
-    spec = models.get_spec(MODEL)
-    model = models.build(MODEL, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), num_classes=2)
+    model = models.build(MODEL, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1), num_classes=2)
     image = _image()
     rgb = np.repeat(image[..., None], 3, axis=-1)
     seg = explain.make_segmentation_fn(explain.DEFAULT_SEGMENTATION)
-    predictor = explain.ModelPredictor(model, scale=spec.preprocess, batch_size=BATCH_OURS)
+    predictor = explain.ModelPredictor(model, batch_size=BATCH_OURS)
 
-    def keras_predict(batch: np.ndarray) -> np.ndarray:  # what a lime tutorial passes
-        return model.predict(spec.preprocess(batch.astype(np.float32)), verbose=0)
+    def keras_predict(batch: np.ndarray) -> np.ndarray:  # what a lime tutorial passes (grey model: 1 channel)
+        return model.predict(batch[..., :1].astype(np.float32), verbose=0)
 
     def stock(classifier_fn) -> float:
         t0 = time.perf_counter()

@@ -134,6 +134,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from osteo_tf import inference
+
+    result = inference.evaluate(args.model, args.data, out_dir=args.out, n_boot=args.n_boot, seed=args.seed)
+    print(inference.format_evaluation(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(inference._jsonable(result), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.out:
+        print(f"wrote {Path(args.out) / 'predictions.csv'} and {Path(args.out) / 'evaluation.json'}")
+    for item in result["skipped"]:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if result["skipped"]:
+        print(f"{len(result['skipped'])} image(s) skipped", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from osteo_tf import inference
+
+    out = inference.export(args.model, args.out)
+    print(f"wrote SavedModel {out} (signature 'serve': grey (N, H, W, 1) float32 in [0, 1] -> probabilities)")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from osteo_tf.config import PROFILES
     from osteo_tf.studies import NOTEBOOK_DIR, STUDIES
@@ -233,6 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="LIME seed")
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser("evaluate", help="external validation of a saved model on a dataset folder or manifest",
+                       description="External validation of a saved model bundle: the reports' metrics at the "
+                                   "bundle's threshold and at 0.5, patient-level bootstrap 95% CIs and calibration.")
+    p.add_argument("--model", required=True, type=Path, help="a .keras model bundle (class names and threshold from its sidecar)")
+    p.add_argument("--data", required=True, type=Path, help="a dataset folder (class sub-folders) or manifest CSV")
+    p.add_argument("--out", type=Path, default=None, help="also write predictions.csv and evaluation.json here")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the evaluation as JSON")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a saved model as a TensorFlow SavedModel for serving")
+    p.add_argument("--model", required=True, type=Path, help="a .keras model bundle")
+    p.add_argument("--out", required=True, type=Path, help="a new (or empty) output folder")
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("list", help="list studies, models and profiles")
     p.set_defaults(func=_cmd_list)
     return parser
@@ -244,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
+    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -55,6 +55,7 @@ __all__ = [
     "soft_vote",
     "aggregate_folds",
     "image_to_patient",
+    "operating_point",
     "result_record",
     "metrics_document",
     "write_metrics_json",
@@ -1019,6 +1020,7 @@ def result_record(
     class_names: Sequence[str],
     positive: int | None = None,
     threshold: float = 0.5,
+    threshold_rule: str | None = None,
     train_seconds: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
@@ -1043,7 +1045,13 @@ def result_record(
         groups: (N,) patient ids of the test images, or None (one patient per image).
         class_names: one name per class.
         positive: positive class index (binary default 1).
-        threshold: binary decision threshold.
+        threshold: binary decision threshold (the model's operating point, e.g. from
+            :func:`operating_point` on the validation split); the headline metrics and their
+            CIs are at it. Binary records also hold ``"at_0.5"``: the threshold-dependent
+            metrics at 0.5.
+        threshold_rule: how ``threshold`` was chosen (recorded as ``threshold_rule``; default
+            ``"fixed 0.5"`` / ``"given"``). Multi-class records decide by argmax:
+            ``threshold`` None, ``threshold_rule`` ``"argmax"``.
         train_seconds: wall-clock training time, or None.
         n_boot: bootstrap resamples (0 disables the CI).
         seed: bootstrap seed.
@@ -1099,12 +1107,71 @@ def result_record(
         rec.update({k: m[k] for k in ("tp", "fp", "tn", "fn", "prevalence", "threshold")})
     elif "one_vs_rest" in m:
         rec["one_vs_rest"] = m["one_vs_rest"]
+    rec.update(_decision_fields(y, p, pos, names, binary, threshold, threshold_rule))
     if extra:
         clash = sorted(set(extra) & set(rec))
         if clash:
             raise ValueError(f"extra may not overwrite computed keys. Received: extra keys {clash}")
         rec.update(extra)
     return _jsonable(rec)
+
+
+AT_DEFAULT_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "ppv", "npv")
+"""The threshold-dependent metrics a binary record repeats at 0.5 (``record["at_0.5"]``)."""
+
+
+def _decision_fields(y, p, pos, names, binary: bool, threshold: float, rule: str | None) -> dict[str, Any]:
+    """``threshold``, ``threshold_rule`` and (binary) the metrics at 0.5 of one record."""
+    if not binary:
+        return {"threshold": None, "threshold_rule": "argmax"}
+    at = binary_metrics(y, p, positive=pos, threshold=0.5, class_names=names)
+    default_rule = "fixed 0.5" if float(threshold) == 0.5 else "given"
+    return {"threshold": float(threshold), "threshold_rule": rule or default_rule,
+            "at_0.5": {"threshold": 0.5, **{k: at[k] for k in AT_DEFAULT_KEYS}}}
+
+
+def operating_point(y_true: Any = None, y_prob: Any = None, *, positive: int = 1,
+                    class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The decision rule of a trained model, chosen on its VALIDATION split (never on test).
+
+    Binary: the threshold on the positive-class probability that maximises Youden's J
+    (sensitivity + specificity - 1) on the validation images; candidates are the validation
+    scores themselves (predict positive when p >= threshold), ties broken towards 0.5. Without
+    validation data (``y_true`` None or empty), or when it holds one class only, the rule is
+    the fixed 0.5 and says why. More than two classes: argmax (``threshold`` None).
+
+    Args:
+        y_true: (N,) int validation labels, or None.
+        y_prob: validation probabilities (module conventions), or None.
+        positive: the positive class of a binary task.
+        class_names: optional names (their count decides binary vs multi-class when there is
+            no validation data).
+
+    Returns:
+        ``{"threshold": float | None, "rule": str, "n_val": int, "youden_j": float | None}``.
+    """
+    n_classes = len(class_names) if class_names is not None else None
+    if y_true is None or y_prob is None or len(np.asarray(y_true)) == 0:
+        if n_classes is not None and n_classes > 2:
+            return {"threshold": None, "rule": "argmax", "n_val": 0, "youden_j": None}
+        return {"threshold": 0.5, "rule": "fixed 0.5 (no validation split)", "n_val": 0, "youden_j": None}
+    y, p, _ = _inputs(y_true, y_prob, positive, class_names)
+    if p.shape[1] != 2:
+        return {"threshold": None, "rule": "argmax", "n_val": int(y.size), "youden_j": None}
+    score = p[:, positive]
+    is_pos = y == positive
+    if is_pos.all() or not is_pos.any():
+        return {"threshold": 0.5, "rule": "fixed 0.5 (the validation split holds one class)",
+                "n_val": int(y.size), "youden_j": None}
+    cand = np.unique(score)
+    pred = score[None, :] >= cand[:, None]
+    sens = (pred & is_pos).sum(axis=1) / is_pos.sum()
+    spec = (~pred & ~is_pos).sum(axis=1) / (~is_pos).sum()
+    j = sens + spec - 1.0
+    best = np.flatnonzero(np.isclose(j, j.max(), rtol=0, atol=1e-12))
+    k = best[np.argmin(np.abs(cand[best] - 0.5))]
+    return {"threshold": float(cand[k]), "rule": "Youden's J on the validation split", "n_val": int(y.size),
+            "youden_j": float(j[k])}
 
 
 def _validate_document(doc: Mapping[str, Any]) -> None:

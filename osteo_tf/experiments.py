@@ -128,8 +128,7 @@ def load_images(manifest: pd.DataFrame, size: int, *, steps: Sequence = ()) -> n
     """
     from osteo_tf import pipeline
 
-    x, ok = pipeline.load_for_inference(manifest["path"].astype(str).tolist(), image_size=size, steps=steps,
-                                        channels=1)
+    x, ok = pipeline.load_for_inference(manifest["path"].astype(str).tolist(), image_size=size, steps=steps)
     if not ok.all():
         bad = manifest["path"].astype(str)[~ok].tolist()
         raise ValueError(f"{len(bad)} image(s) could not be read: {bad[:3]}")
@@ -275,14 +274,15 @@ class FitResult:
 
 
 def build_model(ctx: Context, name: str, *, num_classes: int | None = None, image_size: int | None = None, **options):
-    """Build a registry model for this context (ImageNet weights, or random init when allowed)."""
+    """Build a registry model for this context (ImageNet weights, or random init when allowed):
+    grey (size, size, 1) input, channel repeat and input scaling inside its graph."""
     from osteo_tf import models
 
     size = int(image_size or ctx.image_size)
     weights = options.pop("weights", None) or ctx.weights
     if models.get_spec(name).family == "study":  # the studies' own CNNs are trained from scratch
         weights = None
-    model = models.build(name, input_shape=(size, size, 3), num_classes=num_classes or len(ctx.class_names),
+    model = models.build(name, input_shape=(size, size, 1), num_classes=num_classes or len(ctx.class_names),
                          weights=weights, allow_random_init=ctx.allow_random_init, **options)
     if str(models.build_info(model)["weights"]).startswith("random"):
         models.set_random_init_batchnorm(model)
@@ -306,7 +306,15 @@ def fit_evaluate(
     record_as: str | None = None,
     keep: bool = True,
 ) -> FitResult:
-    """Train one model on ``split`` (train/val) and evaluate it on the untouched test split.
+    """Train one model on ``split`` (train/val), fix its operating point on val, evaluate it on
+    the untouched test split and save it as a bundle.
+
+    The decision threshold is chosen on the validation predictions
+    (``evaluation.operating_point``: Youden's J for two classes, argmax for more, 0.5 without a
+    validation split) before the test split is read; the record's headline metrics are at it,
+    ``record["at_0.5"]`` repeats them at 0.5. The trained model is saved as
+    ``OUT/models/<experiment>-<model>.keras`` (``-<protocol>`` appended for protocols other than
+    "clean") with its sidecar (:func:`save_bundle`); ``record["bundle"]`` names the file.
 
     Args:
         ctx: the study context.
@@ -337,18 +345,17 @@ def fit_evaluate(
         options["trainable"] = rec.trainable  # the recipe's freeze (e.g. study 04 approach 2: head only)
     keras_model = build_model(ctx, model, image_size=size, **options) if isinstance(model, str) else model()
     info = models.build_info(keras_model) if isinstance(model, str) else {"weights": "custom"}
-    spec = models.get_spec(model) if isinstance(model, str) else None
+    spec = models.get_spec(model) if isinstance(model, str) else None  # recorded in the bundle
     sigmoid = keras_model.output_shape[-1] == 1
     label_mode = "binary" if sigmoid else "categorical"
     if sigmoid and rec.loss != "binary_crossentropy":
         from dataclasses import replace
 
         rec = replace(rec, loss="binary_crossentropy")
-    scale = spec.preprocess if spec is not None else None
     parts = {s: split[split["split"] == s] for s in ("train", "val", "test")}
     if len(parts["train"]) == 0 or len(parts["test"]) == 0:
         raise ValueError(f"split needs train and test rows; got {split['split'].value_counts().to_dict()}")
-    common = dict(class_names=ctx.class_names, image_size=size, steps=steps, scale=scale, label_mode=label_mode,
+    common = dict(class_names=ctx.class_names, image_size=size, steps=steps, label_mode=label_mode,
                   batch_size=rec.batch_size)
     train_ds = pipeline.make_dataset(parts["train"], training=True, augmenter=augmenter, seed=ctx.seed, **common)
     val_ds = pipeline.make_dataset(parts["val"], **common) if len(parts["val"]) else None
@@ -373,24 +380,77 @@ def fit_evaluate(
         epoch_seconds = train_info.epoch_seconds
         train_seconds = train_info.train_seconds
     wall = time.perf_counter() - t0
+    op = operating_point_on_val(ctx, keras_model, val_ds, parts["val"])  # frozen before test is read
     y_prob = training.predict_proba(keras_model, test_ds)
     y_true = pipeline.encode_labels(parts["test"]["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
     groups = parts["test"]["group"].astype(str).to_numpy()
     record = evaluation.result_record(
         experiment=experiment, model=record_as or name, protocol=protocol, y_true=y_true, y_prob=y_prob,
         groups=groups, class_names=ctx.class_names, train_seconds=round(float(train_seconds), 2), seed=ctx.seed,
+        threshold=0.5 if op["threshold"] is None else op["threshold"], threshold_rule=op["rule"],
         extra={"weights": info.get("weights"), "image_size": size, "epochs_run": len(epoch_seconds),
                "seconds_per_10_epochs": round(10 * float(np.mean(epoch_seconds)), 2) if epoch_seconds else None,
                "wall_seconds": round(wall, 2), "n_train_images": int(len(parts["train"])),
                "n_train_groups": int(parts["train"]["group"].nunique())},
     )
+    bundle = save_bundle(ctx, keras_model, record, steps=steps, image_size=size, spec=spec, weights=info.get("weights"))
+    record["bundle"] = str(bundle.relative_to(ctx.out_dir))
     if keep:
         ctx.results.append(record)
     return FitResult(record, y_true, y_prob, groups, keras_model, train_info, str(info.get("weights")))
 
 
+def operating_point_on_val(ctx: Context, model, val_ds, val_rows: pd.DataFrame) -> dict:
+    """The model's decision rule from its validation predictions (``evaluation.operating_point``)."""
+    from osteo_tf import evaluation, pipeline, training
+
+    if val_ds is None or len(val_rows) == 0:
+        return evaluation.operating_point(None, None, class_names=ctx.class_names)
+    p_val = training.predict_proba(model, val_ds)
+    y_val = pipeline.encode_labels(val_rows["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
+    return evaluation.operating_point(y_val, p_val, class_names=ctx.class_names)
+
+
+def bundle_path(ctx: Context, record: dict) -> Path:
+    """``OUT/models/<experiment>-<model>[-<protocol>].keras`` of one result record."""
+    stem = f"{record['experiment']}-{record['model']}"
+    if record.get("protocol", "clean") != "clean":
+        stem += f"-{record['protocol']}"
+    return ctx.out_dir / "models" / (stem.replace(" ", "_").replace("/", "_") + ".keras")
+
+
+def save_bundle(ctx: Context, model, record: dict, *, steps: Sequence, image_size: int, spec=None,
+                weights: str | None = None) -> Path:
+    """Save a trained model of this run as ``.keras`` + sidecar (``osteo_tf.inference.save_model``).
+
+    The sidecar gets the run's class names, the record's threshold and rule, the input size and
+    preprocessing steps, the split hash (``ctx.data["split_hash"]`` when the run has one), the
+    test metrics of ``record`` and the library versions.
+    """
+    from osteo_tf import inference
+
+    metrics_keys = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "auc", "pr_auc",
+                    "brier", "ece", "ci95", "n_test_images", "n_test_groups", "at_0.5")
+    info = {
+        "study": ctx.study, "experiment": record["experiment"], "model": record["model"],
+        "protocol": record.get("protocol"), "profile": ctx.profile.name, "seed": ctx.seed,
+        "architecture": spec.name if spec is not None else getattr(model, "name", "custom"),
+        "weights": weights, "data_source": ctx.data.get("source"), "split_hash": ctx.data.get("split_hash"),
+        "test_metrics": {k: record[k] for k in metrics_keys if k in record},
+        "versions": versions(),
+    }
+    return inference.save_model(model, bundle_path(ctx, record), class_names=ctx.class_names, image_size=image_size,
+                                steps=steps, threshold=record.get("threshold"),
+                                threshold_rule=record.get("threshold_rule"), info=info)
+
+
 def results_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "auc")) -> pd.DataFrame:
-    """A compact table of result records with 95% CIs as "0.812 [0.70, 0.90]"."""
+    """A compact table of result records with 95% CIs as "0.812 [0.70, 0.90]".
+
+    The metrics are at each model's operating point (column ``threshold``: the value and how it
+    was chosen, e.g. ``0.31 (Youden's J on val)``, or ``argmax``); binary records also show
+    ``accuracy @0.5`` and ``sens/spec @0.5``, the same model at the fixed 0.5.
+    """
     from osteo_tf import evaluation
 
     rows = []
@@ -398,9 +458,29 @@ def results_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "s
         row = {"experiment": r["experiment"], "model": r["model"], "protocol": r.get("protocol", "")}
         for k in keys:
             row[k] = evaluation.format_estimate(r.get(k), (r.get("ci95") or {}).get(k))
+        row["threshold"] = _threshold_text(r)
+        at = r.get("at_0.5")
+        if isinstance(at, dict):
+            row["accuracy @0.5"] = evaluation.format_estimate(at.get("accuracy"))
+            row["sens/spec @0.5"] = (f"{evaluation.format_estimate(at.get('sensitivity'))} / "
+                                     f"{evaluation.format_estimate(at.get('specificity'))}")
         row["train s"] = r.get("train_seconds")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+_RULE_SHORT = {"Youden's J on the validation split": "Youden's J on val", "fixed 0.5": "fixed"}
+
+
+def _threshold_text(record: dict) -> str:
+    """A record's decision rule in a few words: ``0.31 (Youden's J on val)``, ``argmax``..."""
+    rule = record.get("threshold_rule")
+    t = record.get("threshold")
+    if t is None:
+        return "argmax" if rule in (None, "argmax") else str(rule)
+    if rule is None:
+        return f"{float(t):.2f}"
+    return f"{float(t):.2f} ({_RULE_SHORT.get(rule, rule)})"
 
 
 def paper_comparison(ctx: Context, *, keys: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "auc"),

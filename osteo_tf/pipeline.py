@@ -10,14 +10,17 @@ One function, :func:`make_dataset`, turns the rows of a split manifest into a ba
    resize; expensive steps (BM3D, non-local means) are computed beforehand by
    :func:`osteo_tf.cache.cached_apply_steps` in a process pool with a content-addressed
    disk cache, so a rerun costs almost nothing;
-3. ``cache()`` the decoded, preprocessed images in memory (or in a file), so later epochs skip
-   all of the above;
+3. ``cache()`` the decoded, preprocessed grey images at model size, compactly
+   (:data:`CACHE_DTYPE`: float16, 2 bytes a pixel against the 12 of a float32 RGB copy), in
+   memory (or in a file), so later epochs skip all of the above;
 4. training split only: shuffle (seeded, reshuffled each epoch), batch, random augmentation
    (Keras preprocessing layers called with ``training=True``);
-5. grey -> 3 channels and the backbone's input scaling, then ``prefetch``.
+5. float32 grey batches (B, H, W, 1), then ``prefetch``.
 
-Deterministic intensity steps live here, never inside the model, so inference
-(:func:`load_for_inference`) sees exactly what training saw (tested).
+The batches are what every registry model takes: one grey channel. Channel repetition and the
+backbone's input scaling are layers of the model (``osteo_tf.models``), never steps here.
+Deterministic intensity steps live here, so inference (:func:`load_for_inference`) sees exactly
+what training saw (tested).
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ log = logging.getLogger(__name__)
 EXPENSIVE_STEPS = frozenset({"bm3d_denoise", "nlmeans_denoise"})
 
 LABEL_MODES = ("categorical", "binary", "int")
+
+CACHE_DTYPES = ("float16", "uint16", "uint8", "float32")
+"""Element types the cache can hold grey images in (:func:`make_dataset` ``cache_dtype``)."""
+CACHE_DTYPE = "float16"
+"""The default cache type. float16 keeps any step's output range (``standardize`` gives
+z-scores) with a relative error <= 2**-11 (<= 2.4e-4 on [0, 1], a 16th of an 8-bit grey level);
+the measurements behind the choice (error, throughput, accuracy) are in CHANGELOG.md, issue 17.
+uint16/uint8 quantize [0, 1] images (values outside are clipped: only for steps that stay in
+[0, 1])."""
 
 INTENSITY_STEPS: dict[str, list[tuple[str, dict]]] = {"none": [], "standardize": [("standardize", {})]}
 """The studies' ``intensity`` setting -> deterministic steps: "none" (the papers' own scaling only)
@@ -222,25 +234,6 @@ def image_dataset(paths: Sequence[str], *, image_size, steps: Sequence = (), n_j
     return ds.ignore_errors(log_warning=True) if native else ds
 
 
-def to_model_input(images, *, channels: int = 3, scale: Callable | None = None):
-    """Grey (B, H, W) or (B, H, W, 1) in [0, 1] -> (B, H, W, channels), then backbone scaling.
-
-    Works on NumPy arrays and tensors alike (it is used inside ``Dataset.map`` and for inference).
-    """
-    import tensorflow as tf
-
-    x = tf.convert_to_tensor(images, dtype=tf.float32)
-    if x.shape.rank == 3:
-        x = x[..., tf.newaxis]
-    if channels == 3:
-        x = tf.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
-    elif channels != 1:
-        raise ValueError(f"channels must be 1 or 3. Received: channels={channels}")
-    if scale is not None:
-        x = scale(x)
-    return x
-
-
 def encode_labels(labels: Sequence, class_names: Sequence[str], *, label_mode: str = "categorical") -> np.ndarray:
     """Class names -> model targets.
 
@@ -278,12 +271,11 @@ def make_dataset(
     training: bool = False,
     steps: Sequence = (),
     augmenter: Callable | None = None,
-    scale: Callable | None = None,
-    channels: int = 3,
     label_mode: str = "categorical",
     label_col: str = "label",
     seed: int = 0,
     cache: bool | str = True,
+    cache_dtype: str = CACHE_DTYPE,
     drop_remainder: bool = False,
 ):
     """Build the batched tf.data pipeline for one split.
@@ -298,19 +290,19 @@ def make_dataset(
             ``osteo_tf.preprocessing.STEPS``), applied before the cache.
         augmenter: a callable ``augmenter(x, training=True)`` on (B, H, W, 1) batches, e.g.
             :func:`osteo_tf.augment.training_augmenter`; only used when ``training`` is True.
-        scale: the backbone's input scaling on (B, H, W, C) in [0, 1] (``spec.preprocess``).
-        channels: 3 (grey repeated, for ImageNet backbones) or 1.
         label_mode: see :func:`encode_labels`.
         label_col: the label column.
         seed: shuffle seed.
         cache: True = in memory, a path = a cache file, False = no cache. Training splits cache
-            the decoded grey images (shuffle and augmentation follow); validation and test
-            splits cache the model-ready batches (channels and scaling applied: 3 times the
-            memory of grey images for 3-channel models, nothing recomputed in later passes).
+            the decoded grey images one by one (shuffle and augmentation follow); validation
+            and test splits cache whole batches (nothing random follows).
+        cache_dtype: one of :data:`CACHE_DTYPES`, how the cache holds the grey images
+            (default :data:`CACHE_DTYPE`); batches are float32 again after it.
         drop_remainder: drop the last partial batch.
 
     Returns:
-        ``tf.data.Dataset`` of ``(x, y)`` batches.
+        ``tf.data.Dataset`` of ``(x, y)`` batches, x (B, H, W, 1) float32: what every registry
+        model takes (its graph repeats the channel and applies its own input scaling).
 
     Raises:
         ValueError: on a missing column, an empty manifest or bad options.
@@ -324,6 +316,8 @@ def make_dataset(
         raise ValueError("manifest is empty: this split has no images")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    if cache_dtype not in CACHE_DTYPES:
+        raise ValueError(f"cache_dtype must be one of {CACHE_DTYPES}. Received: cache_dtype={cache_dtype!r}")
     if augmenter is not None and not training:
         warnings.warn("augmenter is ignored because training=False (augment the training split only)", stacklevel=2)
     paths = manifest["path"].astype(str).tolist()
@@ -331,23 +325,52 @@ def make_dataset(
     images = image_dataset(paths, image_size=image_size, steps=steps)
     ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(y)))
     ds = ds.filter(_is_ok).map(_drop_ok)
+    encode, decode = _codec(cache_dtype if cache else "float32")
     if not training:
-        # validation / test: nothing random follows the decode, so the model-ready batches
-        # themselves are cached and every later pass (validation runs each epoch) only reads them
+        # validation / test: nothing random follows the decode, so whole batches are cached and
+        # every later pass (validation runs each epoch) only reads them
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        ds = ds.map(lambda x, lab: (to_model_input(x[..., tf.newaxis], channels=channels, scale=scale), lab),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-        return _cached(ds, cache).prefetch(tf.data.AUTOTUNE)
-    ds = _cached(ds, cache)
+        ds = _cached(ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE), cache)
+        return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = _cached(ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE), cache)
     ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(lambda x, lab: (x[..., tf.newaxis], lab), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     if augmenter is not None:
         ds = ds.map(lambda x, lab: (tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0), lab),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda x, lab: (to_model_input(x, channels=channels, scale=scale), lab),
-                num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _codec(dtype: str):
+    """``(encode, decode)`` map functions: grey float32 -> the cache's ``dtype`` -> float32 (.., 1)."""
+    import tensorflow as tf
+
+    if dtype in ("uint8", "uint16"):
+        top = 255.0 if dtype == "uint8" else 65535.0
+        tf_dtype = tf.uint8 if dtype == "uint8" else tf.uint16
+
+        def encode(x, lab):
+            return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * top), tf_dtype), lab
+
+        def decode(x, lab):
+            return (tf.cast(x, tf.float32) * (1.0 / top))[..., tf.newaxis], lab
+    else:
+        tf_dtype = tf.float16 if dtype == "float16" else tf.float32
+
+        def encode(x, lab):
+            return tf.cast(x, tf_dtype), lab
+
+        def decode(x, lab):
+            return tf.cast(x, tf.float32)[..., tf.newaxis], lab
+    return encode, decode
+
+
+def cache_bytes(n_images: int, image_size, *, dtype: str = CACHE_DTYPE, channels: int = 1) -> int:
+    """Bytes the pixel data of ``n_images`` cached images take (``dtype``, ``channels``)."""
+    h, w = _size(image_size)
+    per = {"float16": 2, "uint16": 2, "uint8": 1, "float32": 4}[dtype]
+    return int(n_images) * h * w * int(channels) * per
 
 
 def _cached(ds, cache: bool | str):
@@ -365,13 +388,33 @@ def _drop_ok(image_ok, label):
     return image_ok[0], label
 
 
-def load_for_inference(paths: Sequence[str], *, image_size, steps: Sequence = (), channels: int = 3,
-                       scale: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exactly the evaluation-time pipeline for a list of files, as arrays.
+def cache_round_trip(x: np.ndarray, dtype: str = CACHE_DTYPE) -> np.ndarray:
+    """Grey float32 images as they come out of a ``dtype`` cache (the NumPy twin of the cache's
+    encode/decode): float16 rounding, or quantization to 8/16 bits (clipped to [0, 1]).
+
+    Raises:
+        ValueError: an unknown ``dtype``.
+    """
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"dtype must be one of {CACHE_DTYPES}. Received: dtype={dtype!r}")
+    x = np.asarray(x, np.float32)
+    if dtype == "float16":
+        return x.astype(np.float16).astype(np.float32)
+    if dtype in ("uint8", "uint16"):
+        top = np.float32(255.0 if dtype == "uint8" else 65535.0)
+        q = np.round(np.clip(x, 0.0, 1.0) * top).astype(np.uint8 if dtype == "uint8" else np.uint16)
+        return q.astype(np.float32) * np.float32(1.0 / top)
+    return x
+
+
+def load_for_inference(paths: Sequence[str], *, image_size, steps: Sequence = (),
+                       cache_dtype: str = CACHE_DTYPE) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly the evaluation-time pipeline for a list of files, as arrays (the images pass
+    through ``cache_dtype`` as :func:`make_dataset`'s cache holds them, so predictions match).
 
     Returns:
-        ``(x, ok)``: x (N, h, w, channels) float32 ready for ``model.predict`` and the mask of
-        files that loaded (rows of failed files are zeros).
+        ``(x, ok)``: x (N, h, w, 1) float32 grey, what the registry's models take (ready for
+        ``model.predict``), and the mask of files that loaded (rows of failed files are zeros).
     """
     size = _size(image_size)
     images, ok = [], []
@@ -381,7 +424,7 @@ def load_for_inference(paths: Sequence[str], *, image_size, steps: Sequence = ()
     x = np.stack(images) if images else np.zeros((0, *size), np.float32)
     ok = np.array(ok, bool)
     x[~ok] = 0.0
-    return np.asarray(to_model_input(x, channels=channels, scale=scale)), ok
+    return cache_round_trip(x, cache_dtype)[..., np.newaxis], ok
 
 
 def labels_of(ds) -> np.ndarray:

@@ -33,7 +33,7 @@ def sample_grid(manifest: pd.DataFrame, *, n_per_class: int = 4, seed: int = 0, 
     for r, c in enumerate(classes):
         rows = manifest[manifest[label_col] == c]
         pick = rows.iloc[rng.permutation(len(rows))[:n_per_class]]
-        x, _ = pipeline.load_for_inference(pick["path"].tolist(), image_size=size, channels=1)
+        x, _ = pipeline.load_for_inference(pick["path"].tolist(), image_size=size)
         for k in range(n_per_class):
             ax = axes[r, k]
             ax.axis("off")
@@ -62,7 +62,7 @@ def study01_variants_figure(path: str, *, size: int = 128):
     """One source image and its study-01 augmentation variants (A) and sharpened copies (B)."""
     from osteo_tf import augment, pipeline
 
-    x, _ = pipeline.load_for_inference([path], image_size=size, channels=1)
+    x, _ = pipeline.load_for_inference([path], image_size=size)
     img = x[0, ..., 0]
     variants = augment.study01_variants(img)
     images = [img, *variants.values(), *[augment.sharpen(v) for v in variants.values()]]

@@ -12,7 +12,7 @@ from osteo_tf import cli, inference, io, models  # noqa: E402
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
-    m = models.build("study01_cnn", input_shape=(32, 32, 3), num_classes=2)
+    m = models.build("study01_cnn", input_shape=(32, 32, 1), num_classes=2)
     path = d / "model.keras"
     inference.save_model(m, path, class_names=["normal", "osteoporosis"], image_size=32)
     return path

@@ -28,7 +28,7 @@ def test_small_cnn_beats_chance_on_patient_grouped_split(tmp_path):
     train_ds = pipeline.make_dataset(parts["train"], training=True, seed=0, **common)
     val_ds = pipeline.make_dataset(parts["val"], **common)
     test_ds = pipeline.make_dataset(parts["test"], **common)
-    model = models.build("study01_cnn", input_shape=(64, 64, 3), num_classes=2)
+    model = models.build("study01_cnn", input_shape=(64, 64, 1), num_classes=2)
     models.set_random_init_batchnorm(model)
     rec = replace(study01.RECIPES["small_cnn"], optimizer="adam", learning_rate=1e-3, batch_size=16)
     model, result = training.train(model, train_ds, val_ds, rec=rec, run_dir=tmp_path / "run", epochs=15)

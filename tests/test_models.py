@@ -22,7 +22,7 @@ EXPECTED_NAMES = [
 ]
 
 
-def small_shape(name: str, channels: int = 3) -> tuple[int, int, int]:
+def small_shape(name: str, channels: int = 1) -> tuple[int, int, int]:
     size = max(models.get_spec(name).min_input_size, 32)
     return (size, size, channels)
 
@@ -85,7 +85,7 @@ def test_models_modules_import_one_way():
 def test_every_model_predicts_probabilities(name):
     model = built(name)
     x = np.random.default_rng(0).random((2, *small_shape(name)), dtype=np.float32)
-    probs = keras.ops.convert_to_numpy(model(models.get_spec(name).preprocess(x), training=False))
+    probs = keras.ops.convert_to_numpy(model(x, training=False))  # grey in [0, 1]: the model scales
     if models.get_spec(name).output == "sigmoid":
         assert probs.shape == (2, 1)
         assert np.all((probs >= 0) & (probs <= 1))
@@ -105,11 +105,11 @@ def test_graph_is_flat_with_unique_names_and_a_4d_last_conv(name):
 
 
 def test_layer_names_do_not_depend_on_what_was_built_before():
-    first = [layer.name for layer in models.build("inceptionv3", input_shape=(75, 75, 3), num_classes=2).layers]
+    first = [layer.name for layer in models.build("inceptionv3", input_shape=(75, 75, 1), num_classes=2).layers]
     keras.layers.Conv2D(1, 1)  # bump Keras' automatic name counters
-    again = [layer.name for layer in models.build("inceptionv3", input_shape=(75, 75, 3), num_classes=2).layers]
+    again = [layer.name for layer in models.build("inceptionv3", input_shape=(75, 75, 1), num_classes=2).layers]
     assert first == again
-    assert first[:3] == ["input", "conv2d", "batch_normalization"]
+    assert first[:5] == ["input", "grey_to_rgb", "input_scaling", "conv2d", "batch_normalization"]
 
 
 def test_saved_model_reloads_in_safe_mode_with_the_same_predictions(tmp_path):
@@ -117,18 +117,22 @@ def test_saved_model_reloads_in_safe_mode_with_the_same_predictions(tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     again = keras.saving.load_model(path, safe_mode=True)
-    x = np.random.default_rng(2).random((1, 32, 32, 3), dtype=np.float32)
+    x = np.random.default_rng(2).random((1, 32, 32, 1), dtype=np.float32)
     np.testing.assert_allclose(again(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-6)
     assert [layer.name for layer in again.layers] == [layer.name for layer in model.layers]
 
 
-def test_studies_cnns_accept_one_channel():
+def test_every_model_takes_one_grey_channel_and_repeats_it_in_its_graph():
     model = models.build("study01_cnn", input_shape=(32, 32, 1), num_classes=2)
+    assert model.input_shape == (None, 32, 32, 1)
     assert model.predict(np.ones((2, 32, 32, 1), np.float32), verbose=0).shape == (2, 2)
+    assert [layer.name for layer in model.layers[:3]] == ["input", "grey_to_rgb", "conv1_conv"]
+    assert models.build_info(model)["input_layers"] == ["grey_to_rgb"]
+    assert "grey_to_rgb" not in [layer.name for layer in models.backbone_layers(model)]
 
 
 def test_softmax_head_layers_and_names():
-    model = models.build("resnet18", input_shape=(32, 32, 3), num_classes=2, dropout=0.4, dense_units=16)
+    model = models.build("resnet18", input_shape=(32, 32, 1), num_classes=2, dropout=0.4, dense_units=16)
     info = models.build_info(model)
     assert info["head_layers"] == ["head_gap", "head_dense", "head_dropout", "predictions"]
     assert [layer.name for layer in model.layers[-4:]] == info["head_layers"]
@@ -137,13 +141,13 @@ def test_softmax_head_layers_and_names():
 
 
 def test_paper_heads():
-    vgg = models.build("vgg16", input_shape=(32, 32, 3), num_classes=2, head="paper")
+    vgg = models.build("vgg16", input_shape=(32, 32, 1), num_classes=2, head="paper")
     assert vgg.get_layer("fc2").output.shape[-1] == 4096
-    alex = models.build("alexnet", input_shape=(63, 63, 3), num_classes=2, head="softmax")
+    alex = models.build("alexnet", input_shape=(63, 63, 1), num_classes=2, head="softmax")
     assert "fc6" not in [layer.name for layer in alex.layers]
-    mnv3 = models.build("mobilenetv3small", input_shape=(32, 32, 3), num_classes=2, head="paper")
+    mnv3 = models.build("mobilenetv3small", input_shape=(32, 32, 1), num_classes=2, head="paper")
     assert mnv3.get_layer("head_dense").units == 1024  # study 05's head
-    squeeze = models.build("squeezenet", input_shape=(35, 35, 3), num_classes=2, head="paper")
+    squeeze = models.build("squeezenet", input_shape=(35, 35, 1), num_classes=2, head="paper")
     assert squeeze.layers[-1].name == "predictions"
     assert squeeze.get_layer("head_conv10").filters == 2
 
@@ -159,14 +163,14 @@ def test_study04_models_return_one_sigmoid_unit():
 
 @pytest.mark.parametrize(
     "name, shape",
-    [("resnet18", (32, 32, 3)), ("study01_cnn", (32, 32, 3)), ("study04_model3", (32, 32, 3)), ("mobilenetv2", (32, 32, 3))],
+    [("resnet18", (32, 32, 1)), ("study01_cnn", (32, 32, 1)), ("study04_model3", (32, 32, 1)), ("mobilenetv2", (32, 32, 1))],
 )
 def test_training_lowers_the_loss(name, shape):
     keras.utils.set_random_seed(0)
     spec = models.get_spec(name)
     model = models.build(name, input_shape=shape, num_classes=2)
     rng = np.random.default_rng(0)
-    x = spec.preprocess(rng.random((2, *shape), dtype=np.float32))
+    x = rng.random((2, *shape), dtype=np.float32)
     y = np.array([0, 1])
     if spec.output == "sigmoid":
         loss = "binary_crossentropy"
@@ -181,7 +185,7 @@ def test_training_lowers_the_loss(name, shape):
 
 
 def test_random_init_batchnorm_sets_every_batchnorm_momentum():
-    model = models.build("study04_model3", input_shape=(32, 32, 3), num_classes=2)
+    model = models.build("study04_model3", input_shape=(32, 32, 1), num_classes=2)
     bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert [layer.momentum for layer in bn] == [0.99] * 3  # Keras' default until the rule is applied
     assert models.set_random_init_batchnorm(model) == 3
@@ -191,7 +195,7 @@ def test_random_init_batchnorm_sets_every_batchnorm_momentum():
 
 
 def test_trainable_head_leaves_only_head_weights_trainable():
-    model = models.build("resnet18", input_shape=(32, 32, 3), num_classes=2, trainable="head")
+    model = models.build("resnet18", input_shape=(32, 32, 1), num_classes=2, trainable="head")
     trainable = {v.path.split("/")[0] for v in model.trainable_weights}
     assert trainable == {"predictions"}
     assert models.build_info(model)["trainable_params"] == 512 * 2 + 2
@@ -199,7 +203,7 @@ def test_trainable_head_leaves_only_head_weights_trainable():
 
 
 def test_trainable_int_freezes_exactly_the_first_n_backbone_layers():
-    model = models.build("study04_model3", input_shape=(32, 32, 3), num_classes=2, trainable=5)
+    model = models.build("study04_model3", input_shape=(32, 32, 1), num_classes=2, trainable=5)
     backbone = models.backbone_layers(model)
     assert [layer.trainable for layer in backbone] == [False] * 5 + [True] * (len(backbone) - 5)
     assert [layer.name for layer in backbone[:5]] == [
@@ -212,7 +216,7 @@ def test_trainable_int_freezes_exactly_the_first_n_backbone_layers():
 
 def test_trainable_larger_than_backbone_is_an_error():
     with pytest.raises(ValueError, match="trainable=999"):
-        models.build("study04_model3", input_shape=(32, 32, 3), num_classes=2, trainable=999)
+        models.build("study04_model3", input_shape=(32, 32, 1), num_classes=2, trainable=999)
 
 
 @pytest.fixture
@@ -228,7 +232,7 @@ def offline(monkeypatch):
 
 def test_imagenet_offline_raises_with_the_file_to_place(offline):
     with pytest.raises(WeightsUnavailableError, match=r"~/\.keras/models") as info:
-        models.build("mobilenetv2", input_shape=(32, 32, 3), num_classes=2, weights="imagenet")
+        models.build("mobilenetv2", input_shape=(32, 32, 1), num_classes=2, weights="imagenet")
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in str(info.value)
     assert isinstance(info.value, RuntimeError)
 
@@ -236,7 +240,7 @@ def test_imagenet_offline_raises_with_the_file_to_place(offline):
 def test_imagenet_offline_with_random_init_allowed_warns_and_records_it(offline):
     with pytest.warns(UserWarning, match="random weights"):
         model = models.build(
-            "mobilenetv2", input_shape=(32, 32, 3), num_classes=2, weights="imagenet", allow_random_init=True
+            "mobilenetv2", input_shape=(32, 32, 1), num_classes=2, weights="imagenet", allow_random_init=True
         )
     info = models.build_info(model)
     assert info["weights"] == "random (imagenet unavailable)"
@@ -245,7 +249,7 @@ def test_imagenet_offline_with_random_init_allowed_warns_and_records_it(offline)
 
 def test_classic_nets_have_no_keras_imagenet_weights():
     with pytest.raises(WeightsUnavailableError, match="no ImageNet weights for resnet18"):
-        models.build("resnet18", input_shape=(32, 32, 3), num_classes=2, weights="imagenet")
+        models.build("resnet18", input_shape=(32, 32, 1), num_classes=2, weights="imagenet")
 
 
 def test_expected_weights_file_names():
@@ -255,34 +259,33 @@ def test_expected_weights_file_names():
 
 
 def test_weights_file_loads_by_layer_name_and_skips_the_new_head(tmp_path):
-    source = models.build("study01_cnn", input_shape=(32, 32, 3), num_classes=3)
+    source = models.build("study01_cnn", input_shape=(32, 32, 1), num_classes=3)
     path = tmp_path / "pretrained.weights.h5"
     source.save_weights(path)
-    model = models.build("study01_cnn", input_shape=(32, 32, 3), num_classes=2, weights=str(path))
+    model = models.build("study01_cnn", input_shape=(32, 32, 1), num_classes=2, weights=str(path))
     np.testing.assert_array_equal(model.get_layer("conv1_conv").kernel.numpy(), source.get_layer("conv1_conv").kernel.numpy())
     assert models.build_info(model)["weights"] == f"file:{path}"
 
 
-def test_preprocess_matches_keras_applications():
-    x = np.random.default_rng(1).random((1, 4, 4, 3), dtype=np.float32)
-    expected = {
-        "resnet50": keras.applications.resnet50.preprocess_input(x * 255.0),
-        "densenet121": keras.applications.densenet.preprocess_input(x * 255.0),
-        "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input(x * 255.0),
-        "efficientnetb0": keras.applications.efficientnet.preprocess_input(x * 255.0),
-        "study01_cnn": x,
-    }
-    for name, want in expected.items():
-        np.testing.assert_allclose(models.get_spec(name).preprocess(x), want, rtol=1e-5, atol=1e-4)
-
-
-def test_preprocess_works_in_a_tf_data_map():
-    import tensorflow as tf
-
-    spec = models.get_spec("resnet50")
-    ds = tf.data.Dataset.from_tensor_slices(np.zeros((2, 4, 4, 3), np.float32)).map(spec.preprocess)
-    first = next(iter(ds)).numpy()
-    np.testing.assert_allclose(first[0, 0], [-103.939, -116.779, -123.68], rtol=1e-5)
+@pytest.mark.parametrize("name, reference", [
+    ("resnet50", keras.applications.resnet50.preprocess_input),
+    ("densenet121", keras.applications.densenet.preprocess_input),
+    ("mobilenetv2", keras.applications.mobilenet_v2.preprocess_input),
+    ("efficientnetb0", lambda x: x),  # EfficientNet normalises inside: fed [0, 255]
+    ("vgg16", keras.applications.vgg16.preprocess_input),
+])
+def test_in_graph_scaling_matches_keras_applications_preprocess_input(name, reference):
+    """The model's own input layers give what keras.applications' preprocess_input gives the
+    grey image repeated to RGB in [0, 255] (and the NumPy reference scale_images agrees)."""
+    model = built(name)
+    trunk = keras.Model(model.input, model.get_layer("input_scaling").output)
+    x = np.random.default_rng(1).random((2, *small_shape(name)), dtype=np.float32)
+    rgb = np.repeat(x, 3, axis=-1)
+    want = reference(rgb * 255.0)
+    np.testing.assert_allclose(np.asarray(trunk(x)), want, rtol=1e-5, atol=1e-3)
+    spec = models.get_spec(name)
+    np.testing.assert_allclose(models.scale_images(rgb, spec.input_scaling), want, rtol=1e-5, atol=1e-3)
+    assert spec.input_steps[-1].startswith("layer input_scaling")
 
 
 # Exact trainable counts at 224x224x3, 2 classes, pinned so an accidental change fails.
@@ -299,7 +302,7 @@ PINNED_TRAINABLE = {
 
 @pytest.mark.parametrize("name", sorted(PINNED_TRAINABLE))
 def test_study_parameter_counts_are_pinned(name):
-    model = models.build(name, input_shape=(224, 224, 3), num_classes=2)
+    model = models.build(name, input_shape=(224, 224, 1), num_classes=2)
     ours = models.build_info(model)["trainable_params"]
     assert ours == PINNED_TRAINABLE[name]
     paper = models.get_spec(name).paper_params[0].params
@@ -330,19 +333,19 @@ def test_study04_tunable_builds_with_default_hyperparameters():
 
 def test_unknown_name_lists_the_names():
     with pytest.raises(ValueError, match="resnet18") as info:
-        models.build("resnet19", input_shape=(32, 32, 3), num_classes=2)
+        models.build("resnet19", input_shape=(32, 32, 1), num_classes=2)
     assert "Received: name='resnet19'" in str(info.value)
 
 
 @pytest.mark.parametrize("num_classes", [1, 0, 2.0, True])
 def test_num_classes_must_be_an_int_of_at_least_two(num_classes):
     with pytest.raises(ValueError, match="num_classes"):
-        models.build("study01_cnn", input_shape=(32, 32, 3), num_classes=num_classes)
+        models.build("study01_cnn", input_shape=(32, 32, 1), num_classes=num_classes)
 
 
 def test_sigmoid_models_need_two_classes():
     with pytest.raises(ValueError, match="one sigmoid output"):
-        models.build("study04_model3", input_shape=(32, 32, 3), num_classes=3)
+        models.build("study04_model3", input_shape=(32, 32, 1), num_classes=3)
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (32, 32, 3, 1), (0, 32, 3), (32.0, 32, 3), "32"])
@@ -351,28 +354,29 @@ def test_malformed_input_shape_is_an_error(shape):
         models.build("resnet18", input_shape=shape, num_classes=2)
 
 
-def test_backbones_need_three_channels():
-    with pytest.raises(ValueError, match="3 identical channels"):
-        models.build("resnet18", input_shape=(32, 32, 1), num_classes=2)
+@pytest.mark.parametrize("name", ["resnet18", "study01_cnn"])
+def test_models_refuse_three_channel_input(name):
+    with pytest.raises(ValueError, match="1 channel"):
+        models.build(name, input_shape=(32, 32, 3), num_classes=2)
 
 
 def test_too_small_input_names_the_minimum():
     with pytest.raises(ValueError, match=">= 75 px"):
-        models.build("inceptionv3", input_shape=(64, 64, 3), num_classes=2)
+        models.build("inceptionv3", input_shape=(64, 64, 1), num_classes=2)
 
 
 def test_unknown_head_and_option_are_errors():
     with pytest.raises(ValueError, match="head must be one of"):
-        models.build("resnet18", input_shape=(32, 32, 3), num_classes=2, head="mlp")
+        models.build("resnet18", input_shape=(32, 32, 1), num_classes=2, head="mlp")
     with pytest.raises(TypeError, match="widen"):
-        models.build("resnet18", input_shape=(32, 32, 3), num_classes=2, widen=2)
+        models.build("resnet18", input_shape=(32, 32, 1), num_classes=2, widen=2)
 
 
 def test_an_option_the_builder_does_not_take_is_a_type_error():
     with pytest.raises(TypeError, match="dense_units"):
-        models.build("study01_cnn", input_shape=(32, 32, 3), num_classes=2, dense_units=16)
+        models.build("study01_cnn", input_shape=(32, 32, 1), num_classes=2, dense_units=16)
     with pytest.raises(ValueError, match="Received: dense_units=0"):
-        models.build("resnet18", input_shape=(32, 32, 3), num_classes=2, dense_units=0)
+        models.build("resnet18", input_shape=(32, 32, 1), num_classes=2, dense_units=0)
 
 
 def test_build_info_rejects_foreign_models():

@@ -174,3 +174,43 @@ def test_native_tensorflow_logs_are_stripped_but_warnings_kept():
     nb.cells.append(cell)
     assert reports.strip_native_logs(nb) == 3
     assert [o["text"] for o in nb.cells[0].outputs] == ["/x.py:3: UserWarning: keep me\n"]
+
+
+def test_every_result_record_carries_its_threshold_and_every_report_shows_it(smoke_reports):
+    out, _ = smoke_reports
+    for path in sorted(out.glob("*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        for r in metrics["results"]:
+            assert "threshold" in r and r.get("threshold_rule"), (path.parent.name, r["experiment"], r["model"])
+        if metrics["results"] and path.parent.name != "00-dataset-card":
+            html = (path.parent / f"{path.parent.name}.html").read_text(encoding="utf-8")
+            assert "threshold" in html, path.parent.name
+
+
+def test_predict_and_evaluate_run_on_a_bundle_of_the_smoke_study(smoke_reports, tmp_path, capsys):
+    import pandas as pd
+
+    out, _ = smoke_reports
+    metrics = json.loads((out / "02-bm3d-resnet50" / "metrics.json").read_text())
+    record = next(r for r in metrics["results"] if r.get("bundle"))
+    bundle = out / "02-bm3d-resnet50" / record["bundle"]
+    side = json.loads((bundle.parent / (bundle.name + ".osteo_tf.json")).read_text())
+    assert side["class_names"] == list(metrics["data"]["classes"]) and side["threshold"] == record["threshold"]
+    assert side["test_metrics"]["accuracy"] == record["accuracy"] and side["versions"]["keras"]
+    # an external set for the model: fresh synthetic knee images of another seed
+    ext = tmp_path / "external"
+    assert cli.main(["synth", "--mode", "knee", "--classes", "3", "--patients", "9", "--size", "96",
+                     "--seed", "7", "--out", str(ext)]) == 0
+    files = sorted(str(p) for p in ext.rglob("*.png"))[:3]
+    capsys.readouterr()
+    assert cli.main(["predict", "--model", str(bundle), *files, "--out", str(tmp_path / "pred")]) == 0
+    table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert [c for c in table.columns if c.startswith("prob_")] == [f"prob_{c}" for c in side["class_names"]]
+    assert set(table["predicted"]) <= set(side["class_names"]) and len(table) == 3
+    assert cli.main(["evaluate", "--model", str(bundle), "--data", str(ext), "--out", str(tmp_path / "ev"),
+                     "--json", str(tmp_path / "ev.json"), "--n-boot", "200"]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["record"]["threshold_rule"] == "argmax" and ev["record"]["ci95"]["accuracy"]
+    assert ev["record"]["n_test_images"] == len(list(ext.rglob("*.png")))
+    assert (tmp_path / "ev" / "predictions.csv").is_file() and ev["reliability"]
+    assert "accuracy" in capsys.readouterr().out

@@ -25,10 +25,9 @@ def test_batches_have_model_shape_and_one_hot_labels(tmp_path):
     batches = list(ds)
     assert [b[0].shape[0] for b in batches] == [5, 5, 2]
     x, y = batches[0]
-    assert x.shape == (5, 32, 32, 3) and x.dtype == tf.float32
+    assert x.shape == (5, 32, 32, 1) and x.dtype == tf.float32  # grey: what every registry model takes
     assert float(tf.reduce_min(x)) >= 0 and float(tf.reduce_max(x)) <= 1
     np.testing.assert_array_equal(y.numpy()[:2], [[1, 0], [0, 1]])
-    np.testing.assert_array_equal(x.numpy()[..., 0], x.numpy()[..., 2])  # grey repeated
 
 
 def test_eval_pipeline_is_deterministic_and_matches_inference(tmp_path):
@@ -111,11 +110,23 @@ def test_unknown_step_and_missing_column_are_clear_errors(tmp_path):
         pipeline.make_dataset(m.drop(columns="path"), class_names=["normal", "osteoporosis"])
 
 
-def test_scale_is_applied_after_grey_to_rgb(tmp_path):
-    m = _write(tmp_path, n=2)
-    ds = pipeline.make_dataset(m, class_names=["normal", "osteoporosis"], image_size=8, scale=lambda x: x * 2 - 1)
-    x, _ = next(iter(ds))
-    assert float(tf.reduce_min(x)) >= -1 and float(tf.reduce_min(x)) < 0
+@pytest.mark.parametrize("dtype, tol", [("float16", 2.5e-4), ("uint16", 1e-5), ("uint8", 2.5e-3), ("float32", 0.0)])
+def test_compact_cache_round_trip_is_bounded_and_has_a_numpy_twin(tmp_path, dtype, tol):
+    m = _write(tmp_path, n=6)
+    kw = dict(class_names=["normal", "osteoporosis"], image_size=24, batch_size=4)
+    exact = np.concatenate([x.numpy() for x, _ in pipeline.make_dataset(m, cache_dtype="float32", **kw)])
+    for training in (False, True):
+        ds = pipeline.make_dataset(m, cache_dtype=dtype, training=training, **kw)
+        for _ in range(2):  # the second pass reads the cache
+            got = np.concatenate([x.numpy() for x, _ in ds])
+            assert got.dtype == np.float32 and got.shape == exact.shape
+        if not training:
+            assert np.abs(got - exact).max() <= tol
+            np.testing.assert_array_equal(got, pipeline.cache_round_trip(exact, dtype))
+    assert pipeline.cache_bytes(10, 24, dtype=dtype) * 12 // {"float16": 2, "uint16": 2, "uint8": 1, "float32": 4}[dtype] \
+        == pipeline.cache_bytes(10, 24, dtype="float32", channels=3)
+    with pytest.raises(ValueError, match="cache_dtype"):
+        pipeline.make_dataset(m, cache_dtype="int4", **kw)
 
 
 def _study_steps():
@@ -135,7 +146,7 @@ def test_each_study_pipeline_yields_batches(tmp_path, study):
                                steps=_study_steps()[study], training=True, augmenter=aug,
                                label_mode=mode, cache=str(tmp_path / f"{study}.cache"))
     x, y = next(iter(ds))
-    assert x.shape == (3, 32, 32, 3)
+    assert x.shape == (3, 32, 32, 1)
     assert np.isfinite(x.numpy()).all()
     assert y.shape == ((3, 1) if mode == "binary" else (3, 2))
 

@@ -191,7 +191,7 @@ def test_ablation_table():
 def test_resnet50_backbone_layer_count_matches_constant():
     from osteo_tf import models
 
-    m = models.build("resnet50", input_shape=(32, 32, 3), num_classes=3, weights=None)
+    m = models.build("resnet50", input_shape=(32, 32, 1), num_classes=3, weights=None)
     assert len(models.backbone_layers(m)) == study02.RESNET50_BACKBONE_LAYERS
 
 

@@ -95,7 +95,7 @@ def test_branch_table_explains_the_parameter_count():
 def test_pretrained_builder_copies_every_layer_but_the_classifier():
     from osteo_tf import models
 
-    pretext = models.build(study03.MODEL, input_shape=(16, 16, 3), num_classes=4, block_pooling=True)
+    pretext = models.build(study03.MODEL, input_shape=(16, 16, 1), num_classes=4, block_pooling=True)
     builder = study03.pretrained_builder(pretext, image_size=16, num_classes=3, block_pooling=True)
     model = builder()
     assert "predictions" not in builder.copied and len(builder.copied) == 30

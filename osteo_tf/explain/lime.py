@@ -146,8 +146,9 @@ mask models), although no function retraces per call."""
 def _compiled_forward(model: Any, *, channels: int, scale: Callable | None = None):
     """One ``tf.function`` per (model, channels, scale), cached weakly on the model: explaining
     many images traces once. The function takes ONE grey channel, repeats it to ``channels``
-    and applies ``scale`` inside the graph (``scale`` must accept tensors, as the registry's
-    ``spec.preprocess`` does)."""
+    and applies ``scale`` inside the graph (``scale`` must accept tensors, e.g.
+    ``osteo_tf.models.scale_images``; registry models need none: they take the grey channel and
+    scale it in their own graph)."""
     import tensorflow as tf
 
     per_model = _FORWARD.setdefault(model, {})
@@ -174,7 +175,7 @@ class ModelPredictor:
     (n, H, W, 1) grey batches, keeps ONE channel (the grey image in [0, 1]), and predicts in
     chunks of ``batch_size`` with one compiled ``tf.function`` (traced once per input shape)
     that repeats the channel to the model's channel count and applies ``scale`` (the model's
-    input scaling, e.g. ``spec.preprocess``) inside the graph. Returns (n, C) probabilities
+    input scaling outside the model, if any; registry models scale inside and need none). Returns (n, C) probabilities
     (single sigmoid -> [1 - p, p]).
 
     Args:

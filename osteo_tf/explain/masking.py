@@ -220,8 +220,8 @@ def lime_masked_dataset(
         model_for: callable ``row -> (model_id, model_or_classifier_fn)`` or a mapping
             path -> ``(model_id, model)``.
         image_size: the models' input size.
-        scale: the models' input scaling (e.g. ``spec.preprocess``): one callable for every
-            model, or a mapping model_id -> callable; ``None`` = identity.
+        scale: an input scaling outside the models, one callable for every model or a mapping
+            model_id -> callable; ``None`` = identity (registry models scale inside their graph).
         steps: deterministic preprocessing steps before the models (``osteo_tf.pipeline``).
         trained_on: optional leakage guard, model_id -> set of training groups.
         num_samples, batch_size, seed, segmentation, num_features, positive_only, hide_color:

@@ -4,13 +4,14 @@ GoogLeNet, SqueezeNet, ResNet-18) and the studies' own CNNs.
     >>> from osteo_tf import models
     >>> models.names()[:3]
     ['resnet50', 'inceptionv3', 'mobilenetv2']
-    >>> model = models.build("resnet18", input_shape=(64, 64, 3), num_classes=2)  # doctest: +SKIP
+    >>> model = models.build("resnet18", input_shape=(64, 64, 1), num_classes=2)  # doctest: +SKIP
     >>> models.get_spec("resnet18").last_conv
     'conv5_block2_out'
 
 Every classifier is one flat functional graph (no nested backbone), every layer deterministically
-named. ``get_spec(name).preprocess`` maps [0, 1] images to what the model expects; it belongs in
-the tf.data pipeline, not in the model. ``build_info(model)`` is what a run records (weights
+named. Every model takes one grey channel in [0, 1], shape (H, W, 1): its first layers repeat the
+channel and apply the backbone's own scaling (``spec.input_steps`` says what they do), so the
+pipeline feeds grey images and nothing outside the model scales them. ``build_info(model)`` is what a run records (weights
 actually used, parameter counts). ``set_random_init_batchnorm(model)`` is the BatchNorm rule for
 models trained from random initialisation.
 
@@ -40,7 +41,10 @@ from osteo_tf.models.spec import (
     ModelSpec,
     PaperCount,
     WeightsUnavailableError,
+    grey_to_trunk,
+    input_steps,
     scale_images,
+    scaling_affine,
     set_random_init_batchnorm,
 )
 from osteo_tf.models.studies import STUDY04_MODELS, study04_tunable
@@ -64,7 +68,10 @@ __all__ = [
     "info_dict",
     "names",
     "param_table",
+    "grey_to_trunk",
+    "input_steps",
     "scale_images",
+    "scaling_affine",
     "set_random_init_batchnorm",
     "set_trainable",
     "study04_tunable",

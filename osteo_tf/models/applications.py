@@ -1,7 +1,8 @@
 """keras.applications backbones (ImageNet weights available through Keras).
 
-Each backbone is called with ``include_top=False`` and its output feeds our head directly, so
-the classifier is one flat graph. ``weights="imagenet"`` is the real path: Keras looks for the
+Each backbone is called with ``include_top=False`` on the tensor ``osteo_tf.models.build`` gives
+it (``input_tensor=``: the model's grey input after its in-graph channel repeat and scaling) and
+its output feeds our head directly, so the classifier is one flat graph. ``weights="imagenet"`` is the real path: Keras looks for the
 file in ``~/.keras/models`` and downloads it when it can; :func:`osteo_tf.models.build` turns
 the offline failure into ``WeightsUnavailableError`` naming the file to place
 (:func:`weights_file_name`, :func:`missing_weights_message`). ``SPECS`` lists the backbones, in
@@ -77,6 +78,7 @@ def _build_backbone(
     paper_dense_units: int | None = None,
     /,
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     weights: str | None = None,
@@ -93,7 +95,7 @@ def _build_backbone(
     import keras
 
     base = getattr(keras.applications, constructor)(
-        include_top=False, weights=weights, input_shape=input_shape, **(extra or {})
+        include_top=False, weights=weights, input_shape=input_shape, input_tensor=inputs, **(extra or {})
     )
     if rename_last is not None:
         base.layers[-1].name = rename_last
@@ -101,11 +103,12 @@ def _build_backbone(
     if head == "paper" and units is None:
         units = paper_dense_units
     outputs, head_names = softmax_head(base.output, num_classes=num_classes, dropout=dropout, dense_units=units)
-    return Built(base.input, outputs, head_names)
+    return Built(inputs, outputs, head_names)
 
 
 def build_vgg16(
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     weights: str | None = None,
@@ -118,7 +121,7 @@ def build_vgg16(
 
     if head != "paper":
         return _build_backbone(
-            "VGG16", input_shape=input_shape, num_classes=num_classes, weights=weights, head=head,
+            "VGG16", inputs=inputs, input_shape=input_shape, num_classes=num_classes, weights=weights, head=head,
             dropout=dropout, dense_units=dense_units,
         )
     if weights == "imagenet" and tuple(input_shape) != (224, 224, 3):
@@ -132,11 +135,11 @@ def build_vgg16(
             "vgg16 head='paper' already has its fc1/fc2 layers; dense_units applies to "
             f"head='softmax'. Received: dense_units={dense_units!r}"
         )
-    base = keras.applications.VGG16(include_top=True, weights=weights, input_shape=input_shape)
+    base = keras.applications.VGG16(include_top=True, weights=weights, input_shape=input_shape, input_tensor=inputs)
     outputs, head_names = softmax_head(
         base.get_layer("fc2").output, num_classes=num_classes, dropout=dropout, pool=False
     )
-    return Built(base.input, outputs, head_names)
+    return Built(inputs, outputs, head_names)
 
 
 _COMMON = dict(family="keras.applications", heads=("softmax", "paper"), imagenet=True)

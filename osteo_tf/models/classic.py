@@ -20,12 +20,6 @@ _STUDY01 = "study 01 Table 1 (ImageNet model with its 1000-class top)"
 _STUDY04_A2 = "study 04 text, approach 2 (new layer only)"
 
 
-def _input(input_shape: tuple[int, int, int]) -> Any:
-    import keras
-
-    return keras.Input(shape=input_shape, name="input")
-
-
 # ----------------------------------------------------------------------------------------------
 # AlexNet
 
@@ -36,6 +30,7 @@ ALEXNET_DROPOUT = 0.5
 
 def build_alexnet(
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "paper",
@@ -57,7 +52,6 @@ def build_alexnet(
             "alexnet head='paper' already has fc6/fc7; dense_units applies to head='softmax'. "
             f"Received: dense_units={dense_units!r}"
         )
-    inputs = _input(input_shape)
     f1, f2, f3, f4, f5 = ALEXNET_FILTERS
     x = layers.ZeroPadding2D(2, name="conv1_pad")(inputs)
     x = layers.Conv2D(f1, 11, strides=4, activation="relu", name="conv1")(x)
@@ -118,6 +112,7 @@ def _inception(x: Any, cfg: tuple[int, ...], name: str) -> Any:
 
 def build_googlenet(
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "softmax",
@@ -132,7 +127,6 @@ def build_googlenet(
     """
     from keras import layers
 
-    inputs = _input(input_shape)
     x = _conv_relu(inputs, 64, 7, "conv1_7x7_s2", strides=2)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1_3x3_s2")(x)
     x = _conv_relu(x, 64, 1, "conv2_3x3_reduce")
@@ -181,6 +175,7 @@ def _fire(x: Any, index: int) -> Any:
 
 def build_squeezenet(
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "softmax",
@@ -202,7 +197,6 @@ def build_squeezenet(
     if version not in SQUEEZENET_VERSIONS:
         raise ValueError(f"version must be one of {list(SQUEEZENET_VERSIONS)}. Received: version={version!r}")
     filters, kernel, pool_after = SQUEEZENET_VERSIONS[version]
-    inputs = _input(input_shape)
     x = layers.Conv2D(filters, kernel, strides=2, activation="relu", name="conv1")(inputs)
     x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     for index in range(2, 10):
@@ -262,6 +256,7 @@ def _basic_block(x: Any, filters: int, strides: int, name: str) -> Any:
 
 def build_resnet18(
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "softmax",
@@ -273,7 +268,6 @@ def build_resnet18(
     softmax head."""
     from keras import layers
 
-    inputs = _input(input_shape)
     x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = layers.Conv2D(64, 7, strides=2, use_bias=False, name="conv1_conv")(x)
     x = layers.BatchNormalization(epsilon=_BN_EPS, name="conv1_bn")(x)

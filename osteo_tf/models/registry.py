@@ -4,8 +4,11 @@
 backbones (``applications.SPECS``), the classic nets Keras lacks (``classic.SPECS``), the studies'
 own CNNs (``studies.SPECS``). The families import only ``spec``; this module imports them.
 
-Every classifier is ONE flat functional graph, ``keras.Model(trunk_input, head(trunk_output))``:
-no backbone is ever nested as a layer (Grad-CAM tools cannot see inside a nested model: they
+Every classifier is ONE flat functional graph, ``keras.Model(grey_input, head(trunk(input_layers(grey_input))))``:
+it takes one grey channel in [0, 1], shape (H, W, 1); its first layers (``spec.grey_to_trunk``:
+``grey_to_rgb``, ``input_scaling``) repeat the channel and apply the backbone's own scaling, as
+``keras.applications``' ``include_preprocessing`` does, so training, explanation, prediction and
+a saved model all see the same thing. No backbone is ever nested as a layer (Grad-CAM tools cannot see inside a nested model: they
 look for the target layer in the outer model's graph). Every layer has a deterministic name:
 layers that Keras names automatically (``conv2d_94``, ``re_lu_3``...) are renamed in graph order
 as a fresh session would name them, so names do not depend on what was built before.
@@ -22,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from osteo_tf.models import applications, classic, studies
-from osteo_tf.models.spec import HeadKind, ModelSpec, PaperCount, WeightsUnavailableError
+from osteo_tf.models.spec import HeadKind, ModelSpec, PaperCount, WeightsUnavailableError, grey_to_trunk
 
 _INFO_ATTR = "_osteo_tf_info"
 _FETCH_FAILED: dict[tuple, str] = {}
@@ -80,15 +83,10 @@ def _validate_shape(spec: ModelSpec, input_shape: Any) -> tuple[int, int, int]:
             f"Received: input_shape={input_shape!r}"
         )
     h, w, c = (int(v) for v in input_shape)
-    if c not in spec.channels:
-        if spec.channels == (3,):
-            raise ValueError(
-                "input_shape must have 3 channels (grey radiographs are fed as 3 identical "
-                f"channels by osteo_tf.pipeline). Received: input_shape={tuple(input_shape)!r}"
-            )
+    if c != 1:
         raise ValueError(
-            f"input_shape must have {' or '.join(map(str, spec.channels))} channels for "
-            f"{spec.name}. Received: input_shape={tuple(input_shape)!r}"
+            "input_shape must have 1 channel: every model takes one grey channel in [0, 1] and "
+            f"repeats and scales it inside its graph. Received: input_shape={tuple(input_shape)!r}"
         )
     if min(h, w) < spec.min_input_size:
         raise ValueError(
@@ -195,15 +193,17 @@ def _rename_auto_layers(model: Any) -> None:
 
 
 def backbone_layers(model: Any) -> list[Any]:
-    """The layers of a built model that are not its new head (input layer excluded), in order.
+    """The layers of a built model that are not its new head, in order (the input layer and the
+    weightless input layers ``grey_to_rgb`` / ``input_scaling`` excluded).
 
     Raises:
         ValueError: if ``model`` was not built by :func:`build`.
     """
     from keras import layers as klayers
 
-    head = set(_get_info(model)["head_layers"])
-    return [l for l in model.layers if l.name not in head and not isinstance(l, klayers.InputLayer)]
+    info = _get_info(model)
+    skip = set(info["head_layers"]) | set(info.get("input_layers", ()))
+    return [l for l in model.layers if l.name not in skip and not isinstance(l, klayers.InputLayer)]
 
 
 def head_layers(model: Any) -> list[Any]:
@@ -270,13 +270,16 @@ def build_info(model: Any) -> dict[str, Any]:
         ``"random (imagenet unavailable)"`` or ``"file:<path>"``), ``trainable_params`` and
         ``total_params`` (counted now, so later freezing is reflected), ``input_shape``,
         ``num_classes``, ``output`` (``"softmax"``/``"sigmoid"``), ``output_units``, ``head``,
-        ``head_layers``, ``trainable`` (the mode), ``backbone_layers`` (count), ``last_conv``.
+        ``head_layers``, ``trainable`` (the mode), ``backbone_layers`` (count), ``last_conv``,
+        ``input_scaling``, ``input_layers`` (names of the in-graph input layers) and
+        ``input_steps`` (what they do, in words).
 
     Raises:
         ValueError: if ``model`` was not built by :func:`build`.
     """
     info = dict(_get_info(model))
     info["head_layers"] = list(info["head_layers"])
+    info["input_layers"] = list(info.get("input_layers", ()))
     info["trainable_params"] = _count(model.trainable_weights)
     info["total_params"] = _count(model.weights)
     return info
@@ -303,9 +306,9 @@ def build(
 
     Args:
         name: a name from :func:`names` (case-insensitive).
-        input_shape: ``(H, W, C)``; C must be 3 for every backbone (grey radiographs are fed as
-            3 identical channels by ``osteo_tf.pipeline``); the studies' own CNNs take 1 or 3.
-            H and W must be >= ``get_spec(name).min_input_size``.
+        input_shape: ``(H, W, 1)``: one grey channel in [0, 1] (the graph repeats it to the
+            trunk's ``spec.channels`` and applies ``spec.input_scaling``). H and W must be >=
+            ``get_spec(name).min_input_size``.
         num_classes: >= 2. The study 04 models (``spec.output == "sigmoid"``) need exactly 2
             and return ONE sigmoid unit: the probability of class index 1.
         weights: ``None`` (random), ``"imagenet"`` (keras.applications backbones only; Keras
@@ -356,18 +359,27 @@ def build(
             f"Received: weights={weights!r}"
         )
 
-    kwargs: dict[str, Any] = dict(input_shape=shape, num_classes=int(num_classes), head=head)
+    trunk_shape = (shape[0], shape[1], spec.channels)
+    kwargs: dict[str, Any] = dict(input_shape=trunk_shape, num_classes=int(num_classes), head=head)
     if dropout is not None:
         kwargs["dropout"] = dropout
     if dense_units is not None:
         kwargs["dense_units"] = dense_units
     kwargs.update(options)
 
-    def call_builder(keras_weights: str | None) -> Any:
-        # only the families with Keras weights take ``weights``; the others never see "imagenet"
-        return spec.builder(**kwargs, weights=keras_weights) if spec.imagenet else spec.builder(**kwargs)
+    input_layer_names: tuple[str, ...] = ()
 
-    fetch_key = (spec.name, expected_weights_file(spec.name, shape, head))
+    def call_builder(keras_weights: str | None) -> Any:
+        nonlocal grey, input_layer_names
+        grey = keras.Input(shape=shape, name="input")
+        trunk, input_layer_names = grey_to_trunk(grey, scaling=spec.input_scaling, channels=spec.channels)
+        # only the families with Keras weights take ``weights``; the others never see "imagenet"
+        if spec.imagenet:
+            return spec.builder(**kwargs, inputs=trunk, weights=keras_weights)
+        return spec.builder(**kwargs, inputs=trunk)
+
+    grey = None
+    fetch_key = (spec.name, expected_weights_file(spec.name, trunk_shape, head))
     if keras_weights == "imagenet" and fetch_key in _FETCH_FAILED:
         # Already failed in this process: do not wait for another network timeout.
         message = _FETCH_FAILED[fetch_key]
@@ -376,7 +388,7 @@ def build(
         warnings.warn(f"{message} Building with random weights (allow_random_init=True).", stacklevel=2)
         keras_weights, weights_label = None, "random (imagenet unavailable)"
     if keras_weights == "imagenet" and not spec.imagenet:
-        err = WeightsUnavailableError(_unavailable_message(spec, shape, head, None))
+        err = WeightsUnavailableError(_unavailable_message(spec, trunk_shape, head, None))
         if not allow_random_init:
             raise err
         warnings.warn(f"{err} Building with random weights (allow_random_init=True).", stacklevel=2)
@@ -386,7 +398,7 @@ def build(
     except Exception as err:  # noqa: BLE001 - keras raises a bare Exception when offline
         if keras_weights != "imagenet" or not applications.is_download_failure(err):
             raise
-        message = _unavailable_message(spec, shape, head, err)
+        message = _unavailable_message(spec, trunk_shape, head, err)
         _FETCH_FAILED[fetch_key] = message
         if not allow_random_init:
             raise WeightsUnavailableError(message) from err
@@ -394,7 +406,7 @@ def build(
         weights_label = "random (imagenet unavailable)"
         built = call_builder(None)
 
-    model = keras.Model(built.inputs, built.outputs, name=spec.name)
+    model = keras.Model(grey, built.outputs, name=spec.name)
     _rename_auto_layers(model)
     info = {
         "name": spec.name,
@@ -407,6 +419,9 @@ def build(
         "head_layers": tuple(built.head_layers),
         "trainable": trainable,
         "last_conv": spec.last_conv,
+        "input_scaling": spec.input_scaling,
+        "input_layers": tuple(input_layer_names),
+        "input_steps": spec.input_steps,
         "options": dict(options),
     }
     object.__setattr__(model, _INFO_ATTR, info)  # plain attribute: not tracked by Keras
@@ -463,7 +478,7 @@ def param_table(
     for model_name in names if names is not None else _all_names():
         spec = get_spec(model_name)
         size = spec.paper_input_size if input_size is None else int(input_size)
-        channels = 3
+        channels = 1
         configs: list[tuple[int, str, str | int, PaperCount | None]] = []
         for pc in spec.paper_params if paper else ():
             configs.append((pc.num_classes, pc.head or spec.default_head, pc.trainable, pc))
@@ -515,7 +530,7 @@ def info_dict(spec: ModelSpec) -> Mapping[str, Any]:
         "last_conv": spec.last_conv,
         "input_scaling": spec.input_scaling,
         "output": spec.output,
-        "channels": list(spec.channels),
+        "channels": spec.channels,
         "imagenet": spec.imagenet,
         "paper_params": [pc.__dict__ for pc in spec.paper_params],
         "notes": spec.notes,

@@ -1,5 +1,5 @@
-"""What every model family shares: :class:`ModelSpec`, heads, input scaling, the random-init
-BatchNorm rule.
+"""What every model family shares: :class:`ModelSpec`, heads, the in-graph input layers (grey ->
+the trunk's channels and scaling), the random-init BatchNorm rule.
 
 The leaf of ``osteo_tf.models``: it imports nothing from ``osteo_tf``. The family modules
 (``applications``, ``classic``, ``studies``) import it and export their specs as data; the registry
@@ -54,7 +54,7 @@ class Built:
     """What a builder hands back to ``osteo_tf.models.build``.
 
     Attributes:
-        inputs: the model's input tensor.
+        inputs: the trunk's input tensor the builder was given (``inputs=``).
         outputs: the model's output tensor (head included).
         head_layers: names of the layers that form the new head (trained by ``trainable="head"``).
     """
@@ -66,7 +66,10 @@ class Built:
 
 Builder = Callable[..., Built]
 """A family's builder. ``osteo_tf.models.build`` calls it with keyword arguments only:
-``input_shape`` (validated ``(H, W, C)``), ``num_classes``, ``head`` (one of ``spec.heads``);
+``inputs`` (the trunk's input tensor: the model's grey input after :func:`grey_to_trunk`, i.e.
+``(H, W, spec.channels)`` already scaled per ``spec.input_scaling``; the builder builds on it and
+never makes its own ``keras.Input``, so the classifier stays one flat graph), ``input_shape``
+(the trunk's ``(H, W, spec.channels)``), ``num_classes``, ``head`` (one of ``spec.heads``);
 ``weights`` (``None`` or ``"imagenet"``) for specs with ``imagenet=True``; ``dropout`` and
 ``dense_units`` when the caller gave them; and the caller's builder-specific options. A builder
 declares exactly the keywords it takes, so Python raises ``TypeError`` for any other."""
@@ -94,7 +97,9 @@ class ModelSpec:
         builder: the family's function that builds the graph (see :data:`Builder`).
         output: ``"softmax"`` (num_classes units) or ``"sigmoid"`` (ONE unit: the probability
             of the second class; ``num_classes`` must be 2).
-        channels: the input channel counts accepted.
+        channels: the trunk's channel count. Every model takes ONE grey channel; its graph
+            repeats it to ``channels`` (3 for every registered architecture: the papers' nets
+            and ImageNet weights take RGB) before ``input_scaling``.
         imagenet: whether Keras can provide ImageNet weights for it.
         paper_params: parameter counts the papers print (see :class:`PaperCount`).
         notes: what is our choice rather than the paper's.
@@ -114,7 +119,7 @@ class ModelSpec:
     input_scaling: str
     builder: Builder = field(repr=False, compare=False)
     output: str = "softmax"
-    channels: tuple[int, ...] = (3,)
+    channels: int = 3
     imagenet: bool = False
     paper_params: tuple[PaperCount, ...] = ()
     notes: str = ""
@@ -136,23 +141,84 @@ class ModelSpec:
         """Alias of ``last_conv`` under tf-keras-vis' name."""
         return self.last_conv
 
-    def preprocess(self, x: Any) -> Any:
-        """Map images in [0, 1] to what this model's trunk expects.
+    @property
+    def input_steps(self) -> list[str]:
+        """What the graph does to its grey (H, W, 1) input before the trunk, in words."""
+        return input_steps(self.input_scaling, self.channels)
 
-        Used by the tf.data pipeline (never inside the model). Works on NumPy arrays and on
-        TensorFlow tensors (inside ``Dataset.map``) alike.
 
-        Args:
-            x: (..., H, W, 3) float in [0, 1] (1 channel for the studies' own CNNs).
+def scaling_affine(scaling: str, channels: int = 3) -> tuple[list[float], list[float]]:
+    """Per-channel ``(scale, offset)`` with ``scale * grey + offset`` == :func:`scale_images` of
+    the grey image repeated to ``channels`` (every convention is affine per channel; for a grey
+    image caffe's RGB -> BGR flip only reorders the channel means).
 
-        Returns:
-            The same shape, float32, scaled per ``input_scaling``.
-        """
-        return scale_images(x, self.input_scaling)
+    Raises:
+        ValueError: for an unknown ``scaling``.
+    """
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}. Received: scaling={scaling!r}")
+    ones = np.ones(channels, np.float64)
+    if scaling == "[0,1]":
+        scale, offset = ones, 0 * ones
+    elif scaling == "[0,255]":
+        scale, offset = 255.0 * ones, 0 * ones
+    elif scaling == "tf":
+        scale, offset = 2.0 * ones, -ones
+    elif scaling == "torch":
+        scale, offset = 1.0 / _IMAGENET_STD_RGB[:channels], -_IMAGENET_MEAN_RGB[:channels] / _IMAGENET_STD_RGB[:channels]
+    else:
+        scale, offset = 255.0 * ones, -_CAFFE_MEAN_BGR[:channels]
+    return [float(v) for v in scale], [float(v) for v in offset]
+
+
+def input_steps(scaling: str, channels: int = 3) -> list[str]:
+    """The in-graph input steps of :func:`grey_to_trunk`, in words (for sidecars and reports)."""
+    steps = ["grey (H, W, 1) in [0, 1]"]
+    if channels != 1:
+        steps.append(f"layer grey_to_rgb: the grey channel repeated to {channels} channels")
+    if scaling != "[0,1]":
+        steps.append(f"layer input_scaling: {scaling!r} scaling (keras.applications preprocess_input "
+                     "convention)" if scaling != "[0,255]" else "layer input_scaling: x 255")
+    return steps
+
+
+def grey_to_trunk(grey: Any, *, scaling: str, channels: int = 3) -> tuple[Any, tuple[str, ...]]:
+    """The model's input layers: grey (H, W, 1) in [0, 1] -> the trunk's channels and scaling.
+
+    Built from Keras' own layers (``Concatenate`` named ``grey_to_rgb``, ``Rescaling`` with
+    per-channel scale and offset named ``input_scaling``), so a saved model loads with
+    ``safe_mode=True`` in plain Keras, with no custom object. Identity steps add no layer.
+
+    Args:
+        grey: the model's ``keras.Input`` of shape (H, W, 1).
+        scaling: one of ``SCALINGS``.
+        channels: the trunk's channels (1 or 3).
+
+    Returns:
+        The trunk's input tensor and the names of the layers added.
+    """
+    from keras import layers
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
+    x, names = grey, []
+    if channels == 3:
+        x = layers.Concatenate(axis=-1, name="grey_to_rgb")([x, x, x])
+        names.append("grey_to_rgb")
+    if scaling != "[0,1]":
+        scale, offset = scaling_affine(scaling, channels)
+        if len(set(scale)) == 1 and len(set(offset)) == 1:
+            scale, offset = scale[0], offset[0]
+        x = layers.Rescaling(scale, offset, name="input_scaling")(x)
+        names.append("input_scaling")
+    return x, tuple(names)
 
 
 def scale_images(x: Any, scaling: str) -> Any:
     """Scale [0, 1] images per a ``keras.applications`` convention (see ``ModelSpec``).
+
+    The NumPy/TensorFlow reference of the ``input_scaling`` layer (:func:`grey_to_trunk`), which
+    is where the models apply it; tests compare the two.
 
     Args:
         x: (..., H, W, C) NumPy array or tensor, float in [0, 1].

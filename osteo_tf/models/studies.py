@@ -1,7 +1,9 @@
 """The studies' own CNNs: study 01's small CNN, study 03's multi-branch DCNN (Table 1), study 04's
 four ad-hoc CNNs (Table II) and a KerasTuner hypermodel for study 04's search.
 
-They take 1 or 3 input channels and [0, 1] images and have no pretrained weights. Their
+Like every registry model they take one grey channel in [0, 1]; their graphs repeat it to the
+3 channels the papers' nets were defined on (study 04's Table II counts are for RGB input), with
+no further scaling. They have no pretrained weights. Their
 BatchNorm layers are built with Keras' default momentum; ``osteo_tf.experiments.build_model``
 applies :func:`osteo_tf.models.spec.set_random_init_batchnorm` before a run trains one from
 scratch. Parameter counts against the papers:
@@ -14,7 +16,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-from osteo_tf.models.spec import Built, ModelSpec, PaperCount, softmax_head
+from osteo_tf.models.spec import Built, ModelSpec, PaperCount, grey_to_trunk, softmax_head
 
 # ----------------------------------------------------------------------------------------------
 # study 01: 4 conv layers (max-pool after the first 3) + 1 fully connected softmax layer
@@ -33,17 +35,16 @@ def _conv_bn_relu(x: Any, filters: int, kernel: int, name: str, padding: str = "
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def _four_conv_trunk(name: str, input_shape: tuple[int, int, int], filters: Sequence[int], *,
+def _four_conv_trunk(name: str, inputs: Any, filters: Sequence[int], *,
                      use_bias: bool = True) -> tuple[Any, Any]:
     """``(inputs, features)``: conv1-conv4 (3x3, BN, ReLU) with a 2x2 max-pool after conv1-conv3,
-    the trunk of study01_cnn and compact_cnn; ``use_bias`` goes to the convolutions."""
+    the trunk of study01_cnn and compact_cnn on the tensor ``inputs``; ``use_bias`` goes to the
+    convolutions."""
     from keras import layers
-    import keras
 
     filters = tuple(filters)
     if len(filters) != 4 or not all(isinstance(f, int) and f > 0 for f in filters):
         raise ValueError(f"{name}: filters must be 4 positive ints. Received: filters={filters!r}")
-    inputs = keras.Input(shape=input_shape, name="input")
     x = inputs
     for i, f in enumerate(filters, start=1):
         x = _conv_bn_relu(x, f, STUDY01_KERNEL, f"conv{i}", use_bias=use_bias)
@@ -54,6 +55,7 @@ def _four_conv_trunk(name: str, input_shape: tuple[int, int, int], filters: Sequ
 
 def build_study01_cnn(
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "paper",
@@ -68,7 +70,7 @@ def build_study01_cnn(
     """
     from keras import layers
 
-    inputs, x = _four_conv_trunk("study01_cnn", input_shape, filters)
+    inputs, x = _four_conv_trunk("study01_cnn", inputs, filters)
     x = layers.Flatten(name="flatten")(x)
     outputs, head_names = softmax_head(x, num_classes=num_classes, dropout=dropout, pool=False)
     return Built(inputs, outputs, ("flatten",) + head_names)
@@ -82,6 +84,7 @@ COMPACT_FILTERS = (16, 32, 64, 64)
 
 def build_compact_cnn(
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "softmax",
@@ -96,7 +99,7 @@ def build_compact_cnn(
     texture statistics from a few hundred images, where study01_cnn's flatten + dense layer
     overfits. ``filters`` overrides the counts (4 ints).
     """
-    inputs, x = _four_conv_trunk("compact_cnn", input_shape, filters, use_bias=False)
+    inputs, x = _four_conv_trunk("compact_cnn", inputs, filters, use_bias=False)
     outputs, head_names = softmax_head(x, num_classes=num_classes, dropout=dropout, dense_units=dense_units)
     return Built(inputs, outputs, head_names)
 
@@ -115,6 +118,7 @@ STUDY03_DROPOUT = 0.5
 
 def build_study03_multibranch(
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "paper",
@@ -137,9 +141,7 @@ def build_study03_multibranch(
     MATLAB does) but 963,466 trainable parameters for 2 classes (see ``param_table``).
     """
     from keras import layers
-    import keras
 
-    inputs = keras.Input(shape=input_shape, name="input")
     x = inputs
     for i, f in enumerate(STUDY03_STEM, start=1):
         x = _conv_bn_relu(x, f, 3, f"stem{i}")
@@ -210,6 +212,7 @@ def _build_study04(
     model: int,
     /,
     *,
+    inputs: Any,
     input_shape: tuple[int, int, int],
     num_classes: int,
     head: str = "paper",
@@ -218,16 +221,13 @@ def _build_study04(
     """Study 04 Model ``model`` (Table II, ``STUDY04_MODELS``): conv blocks (conv 3x3 stride 1
     valid - BN - ReLU - max-pool 2), flatten, the hidden dense layers (ReLU), Dense(1, sigmoid).
     Returns ONE unit; ``model`` is bound by ``functools.partial`` in ``SPECS``."""
-    import keras
-
     filters, dense = STUDY04_MODELS[model]
-    inputs = keras.Input(shape=input_shape, name="input")
     x = _study04_features(inputs, filters)
     outputs, head_names = _study04_classifier(x, dense, dropout)
     return Built(inputs, outputs, head_names)
 
 
-def study04_tunable(hp: Any, *, input_shape: Sequence[int] = (224, 224, 3)) -> Any:
+def study04_tunable(hp: Any, *, input_shape: Sequence[int] = (224, 224, 1)) -> Any:
     """KerasTuner hypermodel for study 04's search (the paper used Ray Tune).
 
     Search space: 2-5 conv blocks (capped so the input stays >= 1 px), filters per block 8-128
@@ -239,7 +239,8 @@ def study04_tunable(hp: Any, *, input_shape: Sequence[int] = (224, 224, 3)) -> A
 
     Args:
         hp: a ``keras_tuner.HyperParameters``.
-        input_shape: (H, W, 1 or 3).
+        input_shape: (H, W, 1): one grey channel in [0, 1], repeated to 3 channels in the graph
+            like the registered study 04 models.
 
     Returns:
         A compiled ``keras.Model`` (binary cross-entropy, accuracy and AUC), one sigmoid unit.
@@ -247,8 +248,8 @@ def study04_tunable(hp: Any, *, input_shape: Sequence[int] = (224, 224, 3)) -> A
     import keras
 
     shape = tuple(int(v) for v in input_shape)
-    if len(shape) != 3 or shape[-1] not in (1, 3):
-        raise ValueError(f"input_shape must be (H, W, 1 or 3). Received: input_shape={input_shape!r}")
+    if len(shape) != 3 or shape[-1] != 1:
+        raise ValueError(f"input_shape must be (H, W, 1) (one grey channel). Received: input_shape={input_shape!r}")
     max_blocks = max(b for b in range(1, 6) if study04_min_input_size(b) <= min(shape[:2]))
     if max_blocks < 2:
         raise ValueError(f"input_shape is too small for 2 conv blocks (>= 10 px). Received: input_shape={input_shape!r}")
@@ -259,7 +260,8 @@ def study04_tunable(hp: Any, *, input_shape: Sequence[int] = (224, 224, 3)) -> A
     learning_rate = hp.Choice("learning_rate", [1e-4, 1e-3])
     momentum = hp.Choice("momentum", [0.6, 0.7, 0.8, 0.9])
     inputs = keras.Input(shape=shape, name="input")
-    outputs, _ = _study04_classifier(_study04_features(inputs, filters), dense, None)
+    trunk, _ = grey_to_trunk(inputs, scaling="[0,1]", channels=3)
+    outputs, _ = _study04_classifier(_study04_features(trunk, filters), dense, None)
     model = keras.Model(inputs, outputs, name="study04_tunable")
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum),
@@ -269,7 +271,7 @@ def study04_tunable(hp: Any, *, input_shape: Sequence[int] = (224, 224, 3)) -> A
     return model
 
 
-_COMMON = dict(family="study", heads=("paper",), default_head="paper", channels=(1, 3), input_scaling="[0,1]")
+_COMMON = dict(family="study", heads=("paper",), default_head="paper", channels=3, input_scaling="[0,1]")
 
 SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(

@@ -195,12 +195,6 @@ def _fit(ctx: Context, split: pd.DataFrame, settings: Settings, *, experiment: s
                         protocol=protocol, model_options=model_options(settings), keep=keep, record_as=record_as)
 
 
-def _scale(settings: Settings):
-    from osteo_tf import models
-
-    return models.get_spec(settings.model).preprocess
-
-
 # ----------------------------------------------------------------------------------------------
 # R1: study 01's augment-then-split vs split-then-augment
 
@@ -247,9 +241,9 @@ def selection_candidates(ctx: Context, split: pd.DataFrame, settings: Settings) 
     from osteo_tf.experiments import build_model
 
     parts = {s: split[split["split"] == s] for s in ("train", "val", "test")}
-    size, scale = ctx.image_size, _scale(settings)
+    size = ctx.image_size
     base = recipe(settings)
-    common = dict(class_names=ctx.class_names, image_size=size, scale=scale, label_mode="categorical",
+    common = dict(class_names=ctx.class_names, image_size=size, label_mode="categorical",
                   batch_size=base.batch_size)
     train_ds = pipeline.make_dataset(parts["train"], training=True, seed=ctx.seed, **common)
     val_ds = pipeline.make_dataset(parts["val"], **common)
@@ -358,7 +352,7 @@ def lime_row(ctx: Context, settings: Settings) -> dict[str, Any]:
                                   keep=False).model
     clean = explain.mask_assignment(split, folds, split_model="train-only", fold_model="fold{k}",
                                     in_sample_model="train-only (its own training images)")
-    lime_kw = dict(image_size=ctx.image_size, scale=_scale(settings), num_samples=settings.lime_samples,
+    lime_kw = dict(image_size=ctx.image_size, num_samples=settings.lime_samples,
                    batch_size=256, seed=ctx.seed, num_features=settings.lime_features)
     root = ctx.out_dir / "data" / "lime"
     src = split[["path", "label", "group"]]

@@ -352,9 +352,9 @@ def param_table(image_size: int, *, block_pooling: bool, classes: Sequence[int] 
     rows = []
     configs = [(224, False, c) for c in classes] + [(image_size, block_pooling, c) for c in classes]
     for size, pooling, c in dict.fromkeys(configs):
-        m = models.build(MODEL, input_shape=(size, size, 3), num_classes=c, block_pooling=pooling)
+        m = models.build(MODEL, input_shape=(size, size, 1), num_classes=c, block_pooling=pooling)
         info = models.build_info(m)
-        rows.append({"input": f"{size}x{size}x3", "classes": c, "block_pooling": pooling,
+        rows.append({"input": f"{size}x{size}x1 (grey, repeated to 3 channels in the graph)", "classes": c, "block_pooling": pooling,
                      "layers (Keras)": len(m.layers), "trainable params": info["trainable_params"],
                      "total params": info["total_params"], "paper": "40.7k",
                      "ours / paper": round(info["trainable_params"] / PAPER_PARAMS, 1)})
@@ -404,12 +404,12 @@ def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: Settings, steps
     x_all = experiments.load_images(unlabeled, size, steps=steps)
     x_tr, y_tr = training.rotation_pretext(x_all[~is_val], seed=ctx.seed)
     x_va, y_va = training.rotation_pretext(x_all[is_val], seed=ctx.seed + 1)
-    to_input = pipeline.to_model_input
     bs = settings.batch_size
-    tr = tf.data.Dataset.from_tensor_slices((np.asarray(to_input(x_tr, channels=3)), y_tr)) \
+    # grey (N, s, s, 1): the model repeats the channel in its graph
+    tr = tf.data.Dataset.from_tensor_slices((x_tr[..., None].astype(np.float32), y_tr)) \
         .shuffle(len(x_tr), seed=ctx.seed).batch(bs).prefetch(2)
-    va = tf.data.Dataset.from_tensor_slices((np.asarray(to_input(x_va, channels=3)), y_va)).batch(bs)
-    model = models.build(MODEL, input_shape=(size, size, 3), num_classes=4, block_pooling=settings.block_pooling)
+    va = tf.data.Dataset.from_tensor_slices((x_va[..., None].astype(np.float32), y_va)).batch(bs)
+    model = models.build(MODEL, input_shape=(size, size, 1), num_classes=4, block_pooling=settings.block_pooling)
     rec = replace(RECIPES["pretrain"], epochs=settings.pretrain_epochs, batch_size=bs)
     with quiet(RAN_OUT_OF_DATA):
         # monitor the TRAINING loss: the held-out rotations only measure the pretext task, and
@@ -433,7 +433,7 @@ def pretrained_builder(pretext_model, *, image_size: int, num_classes: int, bloc
     pretext model (every layer but the classifier copied by ``training.transfer_weights``)."""
 
     def study03_multibranch_pretrained():
-        m = models.build(MODEL, input_shape=(image_size, image_size, 3), num_classes=num_classes,
+        m = models.build(MODEL, input_shape=(image_size, image_size, 1), num_classes=num_classes,
                          block_pooling=block_pooling)
         copied = training.transfer_weights(pretext_model, m)
         study03_multibranch_pretrained.copied = copied

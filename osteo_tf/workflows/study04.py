@@ -505,10 +505,10 @@ def tuner_search(ctx: Context, split: pd.DataFrame, *, trials: int, epochs: int,
     if len(parts["val"]) == 0:
         raise ValueError("tuner_search needs a validation split")
     common = dict(class_names=ctx.class_names, image_size=image_size, label_mode="binary", batch_size=batch_size,
-                  scale=models.get_spec("study04_model1").preprocess, steps=steps)
+                  steps=steps)
     train_ds = pipeline.make_dataset(parts["train"], training=True, seed=ctx.seed, **common)
     val_ds = pipeline.make_dataset(parts["val"], **common)
-    shape = (image_size, image_size, 3)
+    shape = (image_size, image_size, 1)
     hypermodel = functools.partial(_tunable, input_shape=shape, run_eagerly=ctx.profile.run_eagerly)
     tuner = kt.RandomSearch(hypermodel=hypermodel, objective="val_loss", max_trials=int(trials), seed=ctx.seed,
                             directory=str(ctx.out_dir / "tuner"), project_name="study04_tunable", overwrite=True)

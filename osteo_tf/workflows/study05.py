@@ -173,10 +173,10 @@ def train(ctx: Context, split: pd.DataFrame, model: str, *, experiment: str, set
 
 
 def model_inputs(ctx: Context, manifest: pd.DataFrame, model: str) -> tuple[np.ndarray, np.ndarray]:
-    """(grey (N, s, s) in [0, 1], model-ready (N, s, s, 3)) of a manifest at the context's size."""
+    """(grey (N, s, s) in [0, 1], model-ready (N, s, s, 1)) of a manifest at the context's size
+    (every registry model takes the grey channel and scales it inside its graph)."""
     grey = experiments.load_images(manifest, ctx.image_size, steps=ctx.steps)
-    x = pipeline.to_model_input(grey, channels=3, scale=models.get_spec(model).preprocess)
-    return grey, np.asarray(x, dtype=np.float32)
+    return grey, np.asarray(grey[..., None], dtype=np.float32)
 
 
 def pick_test_images(split: pd.DataFrame, per_class: int, *, seed: int = 0) -> pd.DataFrame:
@@ -217,13 +217,12 @@ def explanations(ctx: Context, fits: dict[str, FitResult], images: pd.DataFrame,
         cam = explain.CamExplainer(fit.model)
         g = cam.explain(x, method="gradcam")
         gpp = cam.explain(x, method="gradcam++")
-        scale = models.get_spec(name).preprocess
         t0 = time.perf_counter()
         with quiet(*EXPECTED_WARNINGS):
             limes = [explain.lime_explain(fit.model, img, num_samples=settings.lime_samples,
                                           batch_size=settings.lime_samples, seed=ctx.seed,
                                           segmentation=segmentation(settings),
-                                          num_features=settings.lime_features, scale=scale)
+                                          num_features=settings.lime_features)
                      for img in grey]
         out[name] = {"grey": grey, "gradcam": g.maps, "gradcam++": gpp.maps, "lime": limes, "pred": g.class_index,
                      "backend": g.backend, "lime_seconds_per_image": (time.perf_counter() - t0) / max(len(grey), 1)}
@@ -358,7 +357,7 @@ def lime_masked_split(ctx: Context, split: pd.DataFrame, model: str, original: F
         masked, skipped = explain.lime_masked_dataset(
             split[["path", "label", "group"]], folder,
             model_for=assignment.model_for(fold_models),
-            image_size=ctx.image_size, scale=models.get_spec(model).preprocess, steps=ctx.steps,
+            image_size=ctx.image_size, steps=ctx.steps,
             trained_on=assignment.trained_on,
             num_samples=settings.lime_samples, batch_size=settings.lime_samples, seed=ctx.seed,
             segmentation=segmentation(settings), num_features=settings.lime_features,

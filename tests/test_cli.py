@@ -51,7 +51,7 @@ def test_python_m_osteo_tf_runs_the_command_line():
 def test_every_option_of_every_command_has_help():
     parser = build_parser()
     commands = _subparsers(parser)
-    assert set(commands) == {"synth", "inspect", "bench", "run", "predict", "list"}
+    assert set(commands) == {"synth", "inspect", "bench", "run", "predict", "evaluate", "export", "list"}
     choice_help = {a.dest: a.help for a in
                    next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))._choices_actions}
     missing = [name for name in commands if not choice_help.get(name)]

@@ -67,7 +67,8 @@ def save_model(model: Any, path: str | os.PathLike, *, class_names: Sequence[str
     """Save a classifier as a bundle: ``.keras`` plus the sidecar ``<path>.osteo_tf.json``.
 
     Args:
-        model: the classifier; registry models take grey (H, W, 1) and scale inside.
+        model: the classifier (saved without optimizer state); registry models take grey
+            (H, W, 1) and scale inside.
         path: destination ending in ``.keras``.
         class_names: one per output class (2 for a single sigmoid unit).
         image_size: int (square) or (height, width).
@@ -131,9 +132,21 @@ def save_model(model: Any, path: str | os.PathLike, *, class_names: Sequence[str
             raise ValueError(f"info may not overwrite sidecar fields. Received: info keys {clash}")
         meta.update(info)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
+    _without_optimizer(model).save(path)
     Path(str(path) + SIDECAR_SUFFIX).write_text(json.dumps(_jsonable(meta), indent=2) + "\n")
     return path
+
+
+def _without_optimizer(model: Any) -> Any:
+    """``model``, or for a compiled one an uncompiled copy with the same weights: a bundle is for
+    inference, and the optimizer's slots would double or triple the file (Adam: 3x)."""
+    if getattr(model, "optimizer", None) is None:
+        return model
+    import keras
+
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def _graph_steps(model: Any) -> list[str]:

@@ -22,7 +22,8 @@ FIRST_EPOCH_REPEATS = 3
 MEMORY_IMAGES = 400  # the cache-memory row writes both caches to files: 400 RGB images = 240 MB
 
 
-def _epoch(ds, n: int = N_IMAGES) -> float:
+def _epoch(ds, n: int | None = None) -> float:
+    n = N_IMAGES if n is None else n
     t0 = time.perf_counter()
     seen = 0
     for x, _ in ds:
@@ -59,6 +60,8 @@ def _measure() -> dict:
     t0 = time.perf_counter()
     manifest = datasets.find_dataset(folder).manifest
     scan = time.perf_counter() - t0
+    _epoch(_baseline(folder))  # warm-up, untimed: TensorFlow's one-time costs (tracing the
+    _epoch(_ours(manifest))    # decoders, thread pools) would otherwise go to whoever runs first
     firsts = []
     for rep in range(FIRST_EPOCH_REPEATS):
         times = {}

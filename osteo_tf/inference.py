@@ -144,7 +144,7 @@ def _without_optimizer(model: Any) -> Any:
         return model
     import keras
 
-    clone = keras.models.clone_model(model)
+    clone = keras.Model.from_config(model.get_config())  # clone_model would compile the copy too
     clone.set_weights(model.get_weights())
     return clone
 

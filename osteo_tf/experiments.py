@@ -469,18 +469,21 @@ def results_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "s
     return pd.DataFrame(rows)
 
 
-_RULE_SHORT = {"Youden's J on the validation split": "Youden's J on val", "fixed 0.5": "fixed"}
-
-
 def _threshold_text(record: dict) -> str:
-    """A record's decision rule in a few words: ``0.31 (Youden's J on val)``, ``argmax``..."""
+    """A record's decision rule in a few words: ``0.31 (Youden's J on val)``, ``0.50 (fixed: no
+    validation split)``, ``argmax``..."""
     rule = record.get("threshold_rule")
     t = record.get("threshold")
     if t is None:
         return "argmax" if rule in (None, "argmax") else str(rule)
     if rule is None:
         return f"{float(t):.2f}"
-    return f"{float(t):.2f} ({_RULE_SHORT.get(rule, rule)})"
+    if rule == "Youden's J on the validation split":
+        return f"{float(t):.2f} (Youden's J on val)"
+    if rule.startswith("fixed 0.5"):
+        why = rule[len("fixed 0.5"):].strip().strip("()")
+        return f"{float(t):.2f} (fixed" + (f": {why})" if why else ")")
+    return f"{float(t):.2f} ({rule})"
 
 
 def paper_comparison(ctx: Context, *, keys: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "auc"),

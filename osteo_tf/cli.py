@@ -109,7 +109,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.params:
         _print_params(args.studies, args.profile)
         return 0
+    if args.plan:
+        from osteo_tf import workload
+
+        print(workload.format_plan(workload.plan_studies(args.studies, profile=args.profile, out=args.out)))
+        return 0
     params = reports.parse_overrides(args.param or [])
+    if args.strategy is not None:
+        params["strategy"] = args.strategy
     runs = reports.run_studies(args.studies, profile=args.profile, data_dir=args.data, out=args.out,
                                params=params, progress=lambda msg: print(msg, flush=True))
     failed = [r.study for r in runs if r.status != "ok"]
@@ -180,7 +187,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"models: unavailable ({exc})")
     print("profiles:")
     for p in PROFILES.values():
-        print(f"  {p.name:<6} {p.description}")
+        print(f"  {p.name:<10} {p.description}")
     return 0
 
 
@@ -196,6 +203,8 @@ def _run_epilog() -> str:
         "  osteo-tf run 01 --profile smoke -p models=study01_cnn",
         "  osteo-tf run 01 --params                  # the notebook's parameters, nothing runs",
         "  osteo-tf run all --profile quick --out reports",
+        "  osteo-tf run all --profile full-smoke --out fs     # the paper protocol's code path on a CPU",
+        "  osteo-tf run all --profile full --plan                 # steps and expected time per study",
     ]
     return "\n".join(lines)
 
@@ -240,8 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Execute study notebooks with papermill and export HTML reports.",
                        epilog=_run_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("studies", nargs="+", metavar="STUDY", help="study names or numbers, or 'all'")
-    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"],
-                   help="smoke: tiny data, proves the plumbing; quick: all studies in ~20 min on 2 CPU cores; full: the papers' protocols, for a GPU (default quick)")
+    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full", "full-smoke"],
+                   help="smoke: tiny data, proves the plumbing; quick: all studies in ~20 min on 2 CPU cores; full: the papers' protocols, for a GPU; "
+                        "full-smoke: full's models, sizes, recipes, precision and compilation on a handful of patients for one epoch (default quick)")
+    p.add_argument("--strategy", default=None, choices=["auto", "none", "mirrored", "multiworker"],
+                   help="tf.distribute strategy (the notebooks' strategy parameter): auto = MirroredStrategy when more than one "
+                        "GPU is visible, else none; multiworker = MultiWorkerMirroredStrategy configured by TF_CONFIG (default: auto)")
+    p.add_argument("--plan", action="store_true",
+                   help="print per study the training steps the profile will run and the measured seconds per step, and exit")
     p.add_argument("--data", default=None, help="a dataset folder or manifest CSV (default: synthetic data)")
     p.add_argument("--out", default="reports", type=Path, help="output folder (default: reports)")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",

@@ -36,10 +36,16 @@ class Profile:
     beside that study's ``Settings`` (``osteo_tf.workflows.studyNN.Settings.PROFILES``).
 
     Attributes:
-        name: ``smoke``, ``quick`` or ``full``.
+        name: ``smoke``, ``quick``, ``full`` or ``full-smoke``.
         description: one line for reports and ``osteo-tf list``.
         mixed_precision: whether training switches on a mixed-precision policy.
-        xla: whether ``jit_compile`` is used.
+        xla: the ``jit_compile`` value passed to ``Model.compile``: ``False`` or ``"auto"``.
+            ``"auto"`` lets Keras decide, and Keras compiles with XLA only on a machine with a
+            GPU, without a ``tf.distribute`` strategy, and with op determinism OFF. Every run
+            here enables op determinism (:func:`seed_everything`), so XLA stays off: there is no
+            deterministic XLA kernel for max-pool gradients on a GPU (tensorflow issue 69417,
+            keras PR 20315), and most models of studies 01, 02 and 04 max-pool. Reproducibility
+            (same seed, same numbers) is chosen over XLA's speed, by design (:data:`XLA_DECISION`).
         run_eagerly: train without tracing a graph (faster for a handful of tiny steps: tracing a
             MobileNetV2 step takes tens of seconds on 2 CPU cores).
     """
@@ -47,7 +53,7 @@ class Profile:
     name: str
     description: str
     mixed_precision: bool = False
-    xla: bool = False
+    xla: bool | str = False
     run_eagerly: bool = False
 
 
@@ -65,9 +71,23 @@ PROFILES: dict[str, Profile] = {
         "full",
         "the paper protocols (image sizes, epochs, batch sizes, all models); meant for a GPU",
         mixed_precision=True,
-        xla=True,
+        xla="auto",
+    ),
+    "full-smoke": Profile(
+        "full-smoke",
+        "the full profile's models, image sizes, heads, recipes, precision and compilation on a handful of "
+        "synthetic patients for one epoch: proves the paper protocol's code path on a CPU (CI)",
+        mixed_precision=True,
+        xla="auto",
     ),
 }
+
+XLA_DECISION = (
+    "op determinism is on in every run (same seed, same numbers), and jit_compile='auto' lets Keras turn "
+    "XLA off under determinism: GPU max-pool gradients have no deterministic XLA kernel (tensorflow "
+    "issue 69417, keras PR 20315), so jit_compile=True would fail or be dropped at the first step"
+)
+"""Why the ``full`` profiles compile with ``jit_compile="auto"`` (recorded in metrics.json ``runtime``)."""
 
 
 def get_profile(name: str) -> Profile:

@@ -53,6 +53,10 @@ class Context:
     """Contexts of the datasets a study runs separately (study 03: datasets A and B), by key."""
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     """Tables a study's setup computed for its report (study 04: how the labels were derived)."""
+    strategy: Any = None
+    """The ``tf.distribute`` strategy models are built and trained in (None: one device)."""
+    runtime: dict = field(default_factory=dict)
+    """How this run executes (metrics.json ``runtime``): strategy, replicas, precision, xla and why."""
 
     @property
     def weights(self) -> str:
@@ -194,11 +198,17 @@ def setup(
     prof = get_profile(settings.profile)
     data_path = check_location("data_dir", data_dir)
     out_path = check_location("out_dir", out_dir)
-    seed_everything(seed)
-    if prof.mixed_precision:  # full profile: mixed_float16 on a GPU, mixed_bfloat16 on bf16 CPUs
-        from osteo_tf import training
+    from osteo_tf import training
+    from osteo_tf.config import XLA_DECISION
 
-        training.configure_precision("auto")
+    strategy, strategy_kind = training.make_strategy(settings.strategy)  # before any other TF work
+    seed_everything(seed)
+    # full profiles: mixed_float16 on a GPU, mixed_bfloat16 on bf16 CPUs; float32 otherwise
+    precision = training.configure_precision("auto" if prof.mixed_precision else None)
+    runtime = {"strategy": strategy_kind, "replicas": training.replicas(strategy), "precision": precision,
+               "xla": False, "jit_compile": prof.xla, "deterministic_ops": True,
+               "xla_decision": XLA_DECISION if prof.xla == "auto" else "XLA off in this profile",
+               "batch_rule": training.BATCH_RULE}
     out = out_path or reports_dir() / st.name
     out.mkdir(parents=True, exist_ok=True)
     if data_path is not None:
@@ -231,7 +241,7 @@ def setup(
     return Context(
         study=st.name, profile=prof, seed=seed, manifest=manifest, class_names=class_names, data=data,
         out_dir=out, image_size=None if size is None else int(size), epochs=None if n_epochs is None else int(n_epochs),
-        settings=settings, quarantine=ds.quarantine, duplicates=ds.duplicates,
+        settings=settings, quarantine=ds.quarantine, duplicates=ds.duplicates, strategy=strategy, runtime=runtime,
     )
 
 
@@ -251,6 +261,12 @@ def describe(ctx: Context) -> pd.DataFrame:
         rows.append(("image size", ctx.image_size))
     if ctx.epochs is not None:
         rows.append(("epochs", ctx.epochs))
+    if ctx.runtime:
+        rt = ctx.runtime
+        rows += [("strategy", f"{rt['strategy']} ({rt['replicas']} replica(s)); {rt['batch_rule']}"),
+                 ("precision policy", rt["precision"]),
+                 ("compilation", f"graph, jit_compile={rt['jit_compile']!r} (XLA used: {rt['xla']}); "
+                                 f"{rt['xla_decision']}")]
     rows += [("weights", ctx.weights + (" (random init allowed when the file is missing)" if ctx.allow_random_init else "")),
              ("data source", ctx.data["source"]), ("label provenance", ctx.data["label_provenance"]),
              ("images / groups", f"{ctx.data['n_images']} / {ctx.data['n_groups']}"),
@@ -343,7 +359,9 @@ def fit_evaluate(
     options = dict(model_options or {})
     if isinstance(model, str) and "trainable" not in options and rec.trainable != "all":
         options["trainable"] = rec.trainable  # the recipe's freeze (e.g. study 04 approach 2: head only)
-    keras_model = build_model(ctx, model, image_size=size, **options) if isinstance(model, str) else model()
+    rec = training.scale_recipe(rec, training.replicas(ctx.strategy))  # global batch (training.BATCH_RULE)
+    with training.strategy_scope(ctx.strategy):  # variables are created in the strategy's scope
+        keras_model = build_model(ctx, model, image_size=size, **options) if isinstance(model, str) else model()
     info = models.build_info(keras_model) if isinstance(model, str) else {"weights": "custom"}
     spec = models.get_spec(model) if isinstance(model, str) else None  # recorded in the bundle
     sigmoid = keras_model.output_shape[-1] == 1
@@ -373,14 +391,16 @@ def fit_evaluate(
     else:
         keras_model, train_info = training.train(
             keras_model, train_ds, val_ds, rec=rec, run_dir=run_dir, run_eagerly=ctx.profile.run_eagerly,
-            class_weight=class_weight,
+            class_weight=class_weight, strategy=ctx.strategy,
             jit_compile=ctx.profile.xla,
             config={"study": ctx.study, "experiment": experiment, "model": name, "protocol": protocol,
                     "seed": ctx.seed, "weights": info.get("weights"), "image_size": size})
         epoch_seconds = train_info.epoch_seconds
         train_seconds = train_info.train_seconds
+        ctx.runtime["xla"] = bool(ctx.runtime.get("xla") or keras_model.jit_compile)
     wall = time.perf_counter() - t0
     op = operating_point_on_val(ctx, keras_model, val_ds, parts["val"])  # frozen before test is read
+    step_seconds = train_info["step_seconds"] if head_only_features else train_info.step_seconds
     y_prob = training.predict_proba(keras_model, test_ds)
     y_true = pipeline.encode_labels(parts["test"]["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
     groups = parts["test"]["group"].astype(str).to_numpy()
@@ -391,6 +411,9 @@ def fit_evaluate(
         extra={"weights": info.get("weights"), "image_size": size, "epochs_run": len(epoch_seconds),
                "seconds_per_10_epochs": round(10 * float(np.mean(epoch_seconds)), 2) if epoch_seconds else None,
                "wall_seconds": round(wall, 2), "n_train_images": int(len(parts["train"])),
+               "batch_size": rec.batch_size, "steps": len(step_seconds),
+               "seconds_per_step": round(float(np.median(step_seconds[1:])), 4)
+               if len(step_seconds) > 1 and not head_only_features else None,  # head-only: steps on cached features
                "n_train_groups": int(parts["train"]["group"].nunique())},
     )
     bundle = save_bundle(ctx, keras_model, record, steps=steps, image_size=size, spec=spec, weights=info.get("weights"))
@@ -528,7 +551,7 @@ def finish(ctx: Context, *, paper: list[dict] | None = None, extra: dict | None 
     doc = evaluation.metrics_document(
         study=ctx.study, profile=ctx.profile.name, seed=ctx.seed, data=ctx.data, versions=versions(),
         results=ctx.results, paper=paper if paper is not None else get_study(ctx.study).paper,
-        extra={"settings": ctx.settings.as_dict(), **ctx.extra, **(extra or {})},
+        extra={"settings": ctx.settings.as_dict(), "runtime": dict(ctx.runtime), **ctx.extra, **(extra or {})},
     )
     path = ctx.out_dir / "metrics.json"
     evaluation.write_metrics_json(path, doc)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import pandas as pd
 
-PROFILE_NAMES = ("smoke", "quick", "full")
+PROFILE_NAMES = ("smoke", "quick", "full", "full-smoke")
 
 
 def _received(name: str, value: Any) -> str:
@@ -93,12 +93,17 @@ class StudySettings:
     """Base of every study's ``Settings``: validation, profiles, the settings table.
 
     Attributes:
-        profile: the profile these values start from (``smoke``, ``quick`` or ``full``).
+        profile: the profile these values start from (``smoke``, ``quick``, ``full`` or
+            ``full-smoke``).
         preset: synthetic-data difficulty (``easy``, ``default``, ``hard``, ``realistic``);
             ignored when the study runs on a user's dataset.
         weights: ``"imagenet"`` or a weights file for the pretrained models.
         allow_random_init: when the ImageNet weights are not on disk, train from random
             initialisation (the report says so) instead of stopping.
+        strategy: the ``tf.distribute`` strategy (``osteo_tf.training.make_strategy``): ``auto``
+            (MirroredStrategy when more than one GPU is visible, else none), ``none``,
+            ``mirrored`` (all local GPUs) or ``multiworker`` (MultiWorkerMirroredStrategy from
+            ``TF_CONFIG``).
 
     Subclasses add their own fields, set ``PROFILES`` and may override :meth:`check`.
     """
@@ -107,9 +112,17 @@ class StudySettings:
     preset: str = "default"
     weights: str = "imagenet"
     allow_random_init: bool = True
+    strategy: str = "auto"
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     """The values of each profile for this study's fields (fields not named keep their default)."""
+
+    FULL_SMOKE: ClassVar[Mapping[str, Any]] = {}
+    """The ``full-smoke`` profile: the ``full`` profile's values with these replaced. Only how much
+    runs (patients, epochs, folds, trials, samples) may change, never models, image sizes, heads
+    or recipes; ``allow_random_init`` is set explicitly (there are no ImageNet files offline)."""
+
+    STRATEGIES: ClassVar[tuple[str, ...]] = ("auto", "none", "mirrored", "multiworker")
 
     PRESETS: ClassVar[tuple[str, ...]] = ("easy", "default", "hard", "realistic")
 
@@ -119,22 +132,34 @@ class StudySettings:
         """This study's settings for ``profile``, with ``overrides`` applied.
 
         Args:
-            profile: ``smoke``, ``quick`` or ``full``.
+            profile: ``smoke``, ``quick``, ``full`` or ``full-smoke``.
             **overrides: field values; ``None`` keeps the profile's value.
 
         Raises:
             ValueError: an unknown profile or field, or a value the field does not allow.
         """
-        if profile not in cls.PROFILES:
-            raise ValueError(f"profile must be one of {list(cls.PROFILES)}. {_received('profile', profile)}")
+        if profile not in cls.profile_names():
+            raise ValueError(f"profile must be one of {cls.profile_names()}. {_received('profile', profile)}")
         known = cls.field_names()
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise ValueError(f"Unknown setting(s) {unknown} for {cls.__module__}.{cls.__qualname__}. "
                              f"Known: {sorted(known)}")
-        values = dict(cls.PROFILES[profile])
+        values = cls.profile_values(profile)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(profile=profile, **values)
+
+    @classmethod
+    def profile_names(cls) -> list[str]:
+        """The profiles this study defines (``full-smoke`` whenever it defines ``full``)."""
+        return list(cls.PROFILES) + (["full-smoke"] if "full" in cls.PROFILES else [])
+
+    @classmethod
+    def profile_values(cls, profile: str) -> dict[str, Any]:
+        """The field values of ``profile`` (``full-smoke``: ``full``'s, updated by :attr:`FULL_SMOKE`)."""
+        if profile == "full-smoke" and "full" in cls.PROFILES:
+            return {**cls.PROFILES["full"], "allow_random_init": True, **cls.FULL_SMOKE}
+        return dict(cls.PROFILES[profile])
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -149,6 +174,7 @@ class StudySettings:
         if self.profile not in PROFILE_NAMES:
             raise ValueError(f"profile must be one of {list(PROFILE_NAMES)}. {_received('profile', self.profile)}")
         choice(self, "preset", self.PRESETS)
+        choice(self, "strategy", self.STRATEGIES)
         self.check()
 
     def check(self) -> None:

@@ -123,8 +123,34 @@ def check_monitor(monitor: str, model, *, validation: bool) -> None:
         raise ValueError(f"monitor {monitor!r} will never be logged. Available: {available}")
 
 
+def _reduce_build_batch_per_element(model, strategy) -> None:
+    """Work around Keras 3.15 under MultiWorkerMirroredStrategy: before its first fit/evaluate
+    step, Keras builds the model symbolically from one batch reduced with
+    ``strategy.reduce("MEAN", (x, y), axis=None)``; the collective strategy cannot reduce a tuple
+    of per-replica values ("Attempt to convert a value (PerReplica ...) to a Tensor"). Reducing
+    each element separately gives the batch Keras wants; other strategies keep Keras' method."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.reduce("MEAN", v, axis=None)
+                    if isinstance(v, tf.distribute.DistributedValues) else v, batch)
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+
+
 class EpochTimer:
-    """Keras callback recording wall seconds per epoch into ``self.seconds``."""
+    """Keras callback recording wall seconds per epoch into ``self.seconds`` and per training step
+    (batch) into ``self.step_seconds`` (the first step includes graph tracing)."""
 
     def __new__(cls, *args, **kwargs):  # build a real keras Callback subclass lazily
         import keras
@@ -133,9 +159,16 @@ class EpochTimer:
             def __init__(self):
                 super().__init__()
                 self.seconds: list[float] = []
+                self.step_seconds: list[float] = []
 
             def on_epoch_begin(self, epoch, logs=None):
                 self._t0 = time.perf_counter()
+
+            def on_train_batch_begin(self, batch, logs=None):
+                self._s0 = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.step_seconds.append(time.perf_counter() - self._s0)
 
             def on_epoch_end(self, epoch, logs=None):
                 dt = time.perf_counter() - self._t0
@@ -180,6 +213,13 @@ class TrainResult:
     epochs_run: int
     stopped_early: bool
     recipe: dict = field(default_factory=dict)
+    step_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        """Median wall seconds of a training step after the first (which traces the graph);
+        ``None`` with a single step."""
+        return float(np.median(self.step_seconds[1:])) if len(self.step_seconds) > 1 else None
 
     @property
     def train_seconds(self) -> float:
@@ -244,11 +284,18 @@ def train(
     monitor = monitor or (rec.monitor if val_ds is not None else rec.monitor.removeprefix("val_"))
 
     if strategy is not None:
-        if not callable(model_or_fn) or isinstance(model_or_fn, keras.Model):
+        if isinstance(model_or_fn, keras.Model):
+            if getattr(model_or_fn, "_distribute_strategy", None) is not strategy:
+                raise TypeError("with a strategy, pass a function that builds the model, or a model built in "
+                                "strategy.scope() (variables must be created in the strategy's scope)")
+            model = model_or_fn
+        elif not callable(model_or_fn):
             raise TypeError("with a strategy, pass a function that builds the model (variables must be created in strategy.scope())")
         with strategy.scope():
-            model = model_or_fn()
+            if not isinstance(model_or_fn, keras.Model):
+                model = model_or_fn()
             compile_model(model, rec, jit_compile=jit_compile, run_eagerly=run_eagerly)
+        _reduce_build_batch_per_element(model, strategy)
     else:
         model = model_or_fn() if (callable(model_or_fn) and not isinstance(model_or_fn, keras.Model)) else model_or_fn
         if not getattr(model, "compiled", False) or model.optimizer is None:
@@ -304,10 +351,12 @@ def train(
         epochs_run=len(timer.seconds),
         stopped_early=bool(early is not None and early.stopped_epoch > 0),
         recipe=asdict(rec),
+        step_seconds=list(timer.step_seconds),
     )
     (run_dir / "result.json").write_text(json.dumps({
         "epochs_run": result.epochs_run, "epoch_seconds": result.epoch_seconds,
         "train_seconds": result.train_seconds, "stopped_early": result.stopped_early,
+        "steps": len(result.step_seconds), "seconds_per_step": result.seconds_per_step,
         "best_model": str(result.best_model_path) if result.best_model_path else None,
     }, indent=2) + "\n")
     return model, result
@@ -416,7 +465,8 @@ def train_head_on_features(
     hist = head.fit(tr, validation_data=va, epochs=int(epochs or rec.epochs), callbacks=callbacks, verbose=verbose)
     t_head = time.perf_counter() - t1
     return {"history": pd.DataFrame(hist.history), "feature_seconds": t_feat, "head_seconds": t_head,
-            "epoch_seconds": list(timer.seconds), "train_seconds": t_feat + t_head}
+            "epoch_seconds": list(timer.seconds), "train_seconds": t_feat + t_head,
+            "step_seconds": list(timer.step_seconds)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,6 +578,118 @@ def default_strategy():
     return tf.distribute.get_strategy()
 
 
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+"""Names :func:`make_strategy` accepts (the ``strategy`` setting, ``osteo-tf run --strategy``)."""
+
+BATCH_RULE = ("global batch = the recipe's (paper's) batch size per replica x replicas; learning rate x "
+              "replicas (linear scaling rule, Goyal et al. 2017), so one replica trains exactly the paper's recipe")
+"""How :func:`scale_recipe` adapts a recipe to several replicas (recorded in metrics.json ``runtime``)."""
+
+
+def make_strategy(name: str = "auto"):
+    """The ``tf.distribute`` strategy called ``name``, created once per process.
+
+    Args:
+        name: ``"auto"`` (MirroredStrategy when more than one GPU is visible, else none),
+            ``"none"`` (the default strategy: one device), ``"mirrored"`` (MirroredStrategy over
+            the visible GPUs, or the CPU without one) or ``"multiworker"``
+            (MultiWorkerMirroredStrategy; the cluster and this worker's index come from the
+            ``TF_CONFIG`` environment variable, which every worker sets before it starts).
+
+    Returns:
+        ``(strategy, kind)``: ``strategy`` is None for one device, ``kind`` the resolved name
+        (``none``, ``mirrored`` or ``multiworker``). Create it before other TensorFlow work: a
+        MultiWorkerMirroredStrategy must exist before the runtime starts.
+
+    Raises:
+        ValueError: an unknown name, or ``multiworker`` without a usable ``TF_CONFIG``.
+    """
+    import os
+
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {list(STRATEGIES)}. Received: strategy={name!r}")
+    if name in _STRATEGIES:
+        return _STRATEGIES[name]
+    import tensorflow as tf
+
+    if name == "multiworker":
+        raw = os.environ.get("TF_CONFIG", "")
+        try:
+            cfg = json.loads(raw)
+            workers = cfg["cluster"]["worker"]
+            cfg["task"]["index"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                "strategy='multiworker' needs TF_CONFIG, e.g. "
+                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}. '
+                f"Received: TF_CONFIG={raw!r}") from exc
+        if not workers:
+            raise ValueError(f"TF_CONFIG names no worker. Received: TF_CONFIG={raw!r}")
+        made = (tf.distribute.MultiWorkerMirroredStrategy(), "multiworker")
+        _patch_keras_multiworker_mean()
+    elif name == "mirrored" or (name == "auto" and len(tf.config.list_physical_devices("GPU")) > 1):
+        made = (tf.distribute.MirroredStrategy(), "mirrored")
+    else:
+        made = (None, "none")
+    _STRATEGIES[name] = made
+    return made
+
+
+_STRATEGIES: dict[str, tuple] = {}
+
+
+def _patch_keras_multiworker_mean() -> None:
+    """Work around Keras 3.15 under MultiWorkerMirroredStrategy: each train/test step reduces its
+    scalar logs (loss, metrics) with ``strategy.reduce("MEAN", v, axis=0)``, which fails on a
+    0-d value ("Invalid reduction dimension 0 for input with 0 dimensions"). Scalars are reduced
+    with ``axis=None`` (the mean over replicas, what Keras does for other strategies); everything
+    else goes to Keras' own function. Applied once, when the strategy is made."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_osteo_tf_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in ("auto", "mean"):
+            def one(v):
+                local = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                if tf.is_tensor(local) and local.shape.rank == 0:
+                    return strategy.reduce("MEAN", v, axis=None)
+                return original(v, strategy, reduction)
+            return tf.nest.map_structure(one, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._osteo_tf_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def replicas(strategy) -> int:
+    """The replicas a strategy trains on in sync (1 for None)."""
+    return int(getattr(strategy, "num_replicas_in_sync", 1)) if strategy is not None else 1
+
+
+def scale_recipe(rec: Recipe, n_replicas: int) -> Recipe:
+    """The recipe for ``n_replicas`` replicas (:data:`BATCH_RULE`): the batch size becomes the
+    GLOBAL batch (per-replica batch x replicas) and the learning rate grows linearly with it;
+    ``n_replicas=1`` returns ``rec`` unchanged."""
+    from dataclasses import replace
+
+    if n_replicas < 1:
+        raise ValueError(f"n_replicas must be >= 1. Received: n_replicas={n_replicas!r}")
+    if n_replicas == 1:
+        return rec
+    return replace(rec, batch_size=rec.batch_size * n_replicas, learning_rate=rec.learning_rate * n_replicas)
+
+
+def strategy_scope(strategy):
+    """``strategy.scope()``, or a no-op context for None."""
+    import contextlib
+
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
 def predict_proba(model, ds) -> np.ndarray:
     """Class probabilities (N, C) for a dataset; a single-sigmoid model becomes (N, 2).
 
@@ -552,5 +714,6 @@ __all__ = [
     "Recipe", "make_optimizer", "compile_model", "check_monitor", "train", "TENSORBOARD_DIR", "tensorboard_callback",
     "TrainResult", "TrainingDivergedError", "split_head", "extract_features", "train_head_on_features",
     "SSL_OBJECTIVE", "rotation_pretext", "transfer_weights", "configure_precision", "cpu_strategy",
-    "default_strategy", "predict_proba", "is_finite_history",
+    "default_strategy", "STRATEGIES", "BATCH_RULE", "make_strategy", "replicas", "scale_recipe", "strategy_scope",
+    "predict_proba", "is_finite_history",
 ]

@@ -10,7 +10,7 @@ from osteo_tf import settings
 from osteo_tf.settings import StudySettings
 
 WORKFLOWS = ["dataset_card", "study01", "study02", "study03", "study04", "study05", "leakage_audit"]
-COMMON = {"preset", "weights", "allow_random_init"}
+COMMON = {"preset", "weights", "allow_random_init", "strategy"}
 
 
 def _settings_class(name):
@@ -62,7 +62,7 @@ def test_bad_values_name_the_field_what_is_allowed_and_what_was_received(overrid
 
 
 def test_unknown_profile_and_frozen_instances():
-    with pytest.raises(ValueError, match=r"profile must be one of \['smoke', 'full'\]. Received: profile='quick'"):
+    with pytest.raises(ValueError, match=r"profile must be one of \['smoke', 'full', 'full-smoke'\]. Received: profile='quick'"):
         Toy.for_profile("quick")
     s = Toy.for_profile("smoke")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -73,7 +73,7 @@ def test_unknown_profile_and_frozen_instances():
 
 def test_table_marks_every_departure_from_the_full_profile_and_as_dict_is_json():
     t = Toy.for_profile("smoke", epochs=30).table().set_index("setting")
-    assert list(t.index) == ["preset", "weights", "allow_random_init", "epochs", "rate", "names", "sigmas", "flag"]
+    assert list(t.index) == ["preset", "weights", "allow_random_init", "strategy", "epochs", "rate", "names", "sigmas", "flag"]
     assert not t.loc["epochs", "differs"] and t.loc["rate", "differs"]
     assert t.loc["names", "this run"] == "a" and t.loc["names", "paper protocol (full profile)"] == "a, b"
     d = Toy.for_profile("smoke").as_dict()
@@ -111,3 +111,49 @@ def test_shared_checks_name_the_bound_and_the_value():
         settings.not_empty(s.replace(names=()), "names")
     with pytest.raises(ValueError, match=r"names must be one of \['resnet50'.*Received: names=\('a',\)"):
         settings.model_names(s, "names")  # "a" is no registered model
+
+
+# how much runs, never what runs: the only fields full-smoke may change (tuples: a subset of full's)
+FULL_SMOKE_SCALE = {"patients", "patients_a", "patients_b", "unlabeled_patients", "epochs", "pretrain_epochs",
+                    "mask_epochs", "approach1_epochs", "approach2_epochs", "small_epochs", "tuner_epochs",
+                    "select_epochs", "kfold", "lime_folds", "tuner_trials", "lime_samples", "lime_patients",
+                    "denoise_images", "sanity_images", "explain_per_class", "roi_check_images", "sets",
+                    "kfold_models"}
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_full_smoke_is_the_full_profile_with_only_its_size_changed(name):
+    cls = _settings_class(name)
+    full, smoke = cls.for_profile("full"), cls.for_profile("full-smoke")
+    assert smoke.profile == "full-smoke" and smoke.allow_random_init  # no ImageNet files offline: said in reports
+    assert set(cls.FULL_SMOKE) <= FULL_SMOKE_SCALE, sorted(set(cls.FULL_SMOKE) - FULL_SMOKE_SCALE)
+    for field in cls.field_names():
+        ours, theirs = getattr(smoke, field), getattr(full, field)
+        if field in cls.FULL_SMOKE:
+            if isinstance(theirs, tuple):
+                assert ours and set(ours) <= set(theirs), (field, ours, theirs)
+            else:
+                assert ours <= theirs, (field, ours, theirs)
+        elif field != "allow_random_init":
+            # models, image sizes, heads, recipes (optimizer, learning rate, batch size), steps...
+            assert ours == theirs, (field, ours, theirs)
+    every_model = {m for f in cls.field_names() if f.endswith("models") or f == "model"
+                   for m in (getattr(full, f) if isinstance(getattr(full, f), tuple) else (getattr(full, f),))}
+    smoke_models = {m for f in cls.field_names() if f.endswith("models") or f == "model"
+                    for m in (getattr(smoke, f) if isinstance(getattr(smoke, f), tuple) else (getattr(smoke, f),))}
+    assert smoke_models == every_model  # every paper model runs
+
+
+def test_full_smoke_runtime_switches_are_the_full_profiles():
+    from osteo_tf import config
+
+    full, smoke = config.get_profile("full"), config.get_profile("full-smoke")
+    assert (smoke.mixed_precision, smoke.xla, smoke.run_eagerly) == (full.mixed_precision, full.xla, full.run_eagerly)
+    assert full.xla == "auto"  # XLA under op determinism decided by Keras' rule (config.XLA_DECISION)
+
+
+def test_strategy_is_a_checked_setting_of_every_study():
+    for name in WORKFLOWS:
+        assert _settings_class(name).for_profile("smoke", strategy="mirrored").strategy == "mirrored"
+    with pytest.raises(ValueError, match=r"strategy must be one of \['auto', 'none', 'mirrored', 'multiworker'\]"):
+        _settings_class("study02").for_profile("smoke", strategy="tpu")

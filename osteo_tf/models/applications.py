@@ -2,8 +2,9 @@
 
 Each backbone is called with ``include_top=False`` on the tensor ``osteo_tf.models.build`` gives
 it (``input_tensor=``: the model's grey input after its in-graph channel repeat and scaling) and
-its output feeds our head directly, so the classifier is one flat graph. ``weights="imagenet"`` is the real path: Keras looks for the
-file in ``~/.keras/models`` and downloads it when it can; :func:`osteo_tf.models.build` turns
+its output feeds our head directly, so the classifier is one flat graph. ``weights="imagenet"`` is
+the real path: a file already in ``~/.keras/models`` (``$KERAS_HOME/models``) is loaded from there
+(:func:`local_weights_file`), otherwise Keras downloads it when it can; :func:`osteo_tf.models.build` turns
 the offline failure into ``WeightsUnavailableError`` naming the file to place
 (:func:`weights_file_name`, :func:`missing_weights_message`). ``SPECS`` lists the backbones, in
 registry order.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import Any
 
 from osteo_tf.models.spec import Built, ModelSpec, PaperCount, softmax_head
@@ -50,6 +52,24 @@ def weights_file_name(name: str, input_shape: tuple[int, ...], head: str) -> str
     }[name]
 
 
+def keras_models_dir() -> Path:
+    """The folder Keras keeps downloaded weight files in: ``$KERAS_HOME/models`` when the
+    ``KERAS_HOME`` environment variable is set, else ``~/.keras/models``."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def local_weights_file(name: str, input_shape: tuple[int, ...], head: str) -> Path | None:
+    """The ImageNet weights file of backbone ``name`` when it is already in :func:`keras_models_dir`.
+
+    :func:`osteo_tf.models.build` passes this path to ``keras.applications`` instead of
+    ``"imagenet"``: ``keras.utils.get_file`` would check the file against the hash of Keras' own
+    download and fetch it again when they differ (impossible offline).
+    """
+    path = keras_models_dir() / weights_file_name(name, input_shape, head)
+    return path if path.is_file() else None
+
+
 def is_download_failure(err: BaseException) -> bool:
     """Whether ``err`` is Keras failing to fetch a weights file (offline, or a corrupted file).
 
@@ -65,7 +85,7 @@ def missing_weights_message(name: str, input_shape: tuple[int, ...], head: str, 
     return (
         f"ImageNet weights for {name} could not be loaded ({err}). On a machine with network "
         "access Keras downloads and caches them; offline, copy the file "
-        f"{fname!r} into {KERAS_WEIGHTS_DIR} (i.e. {os.path.expanduser(KERAS_WEIGHTS_DIR)}) and "
+        f"{fname!r} into {KERAS_WEIGHTS_DIR} (i.e. {keras_models_dir()}; $KERAS_HOME/models when KERAS_HOME is set) and "
         "build again, or pass allow_random_init=True to train from random weights (the run "
         "then records weights='random (imagenet unavailable)')."
     )
@@ -124,7 +144,7 @@ def build_vgg16(
             "VGG16", inputs=inputs, input_shape=input_shape, num_classes=num_classes, weights=weights, head=head,
             dropout=dropout, dense_units=dense_units,
         )
-    if weights == "imagenet" and tuple(input_shape) != (224, 224, 3):
+    if weights is not None and tuple(input_shape) != (224, 224, 3):  # "imagenet" or its file
         raise ValueError(
             "vgg16 with head='paper' and ImageNet weights keeps the pretrained fc1/fc2 layers, "
             "which only fit input_shape=(224, 224, 3); use head='softmax' for other sizes. "

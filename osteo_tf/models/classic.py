@@ -215,7 +215,7 @@ def build_squeezenet(
     y = layers.Dropout(rate, name="head_dropout")(x) if rate else x
     y = layers.Conv2D(num_classes, 1, activation="relu", name="head_conv10")(y)
     y = layers.GlobalAveragePooling2D(name="head_gap")(y)
-    outputs = layers.Activation("softmax", name="predictions")(y)
+    outputs = layers.Activation("softmax", name="predictions", dtype="float32")(y)  # float32 under mixed precision
     head_names = (("head_dropout",) if rate else ()) + ("head_conv10", "head_gap", "predictions")
     return Built(inputs, outputs, head_names)
 

@@ -393,8 +393,13 @@ def build(
             raise err
         warnings.warn(f"{err} Building with random weights (allow_random_init=True).", stacklevel=2)
         keras_weights, weights_label = None, "random (imagenet unavailable)"
+    local_file = None
+    if keras_weights == "imagenet" and spec.imagenet:
+        # a file the user placed where Keras caches downloads: pass its path (get_file's hash check
+        # would try to download again)
+        local_file = applications.local_weights_file(spec.name, shape, head)
     try:
-        built = call_builder(keras_weights)
+        built = call_builder(str(local_file) if local_file is not None else keras_weights)
     except Exception as err:  # noqa: BLE001 - keras raises a bare Exception when offline
         if keras_weights != "imagenet" or not applications.is_download_failure(err):
             raise
@@ -411,6 +416,7 @@ def build(
     info = {
         "name": spec.name,
         "weights": weights_label,
+        "weights_file": str(local_file) if local_file is not None else None,
         "input_shape": shape,
         "num_classes": int(num_classes),
         "output": spec.output,

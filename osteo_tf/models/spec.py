@@ -261,6 +261,8 @@ def softmax_head(
 ) -> tuple[Any, tuple[str, ...]]:
     """The standard new head: ``head_gap -> [head_dense relu] -> [head_dropout] -> predictions``.
 
+    ``predictions`` computes in float32 under a mixed-precision policy.
+
     Args:
         x: a 4-D feature map (``pool=True``) or a 2-D feature vector (``pool=False``).
         num_classes: output classes (softmax); ignored for ``output="sigmoid"`` (1 unit).
@@ -285,7 +287,8 @@ def softmax_head(
         x = layers.Dropout(dropout, name="head_dropout")(x)
         names.append("head_dropout")
     units = 1 if output == "sigmoid" else num_classes
-    x = layers.Dense(units, activation=output, name="predictions")(x)
+    # float32 whatever the dtype policy: a float16 softmax ties probabilities (AUC, ECE)
+    x = layers.Dense(units, activation=output, name="predictions", dtype="float32")(x)
     names.append("predictions")
     return x, tuple(names)
 

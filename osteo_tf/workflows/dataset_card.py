@@ -58,6 +58,7 @@ class Settings(_settings.StudySettings):
         "full": {"mode": "calcaneus", "classes": 2, "patients": 400, "synth_size": 256, "stats_size": 128,
                  "hash_threshold": 6, "kfold": 5, "n_per_class": 8},
     }
+    FULL_SMOKE = {"patients": 16, "kfold": 2}
 
     def check(self) -> None:
         _settings.choice(self, "mode", MODES)

@@ -103,6 +103,8 @@ class Settings(_settings.StudySettings):
                  "select_epochs": 20, "lime_patients": 174, "lime_samples": 1000, "lime_features": 5,
                  "lime_folds": 3},
     }
+    FULL_SMOKE = {"patients": 12, "epochs": 1, "select_epochs": 1, "lime_patients": 6, "lime_samples": 20,
+                  "lime_folds": 2}
 
     def check(self) -> None:
         _settings.model_names(self, "model")

@@ -81,6 +81,9 @@ class Settings(_settings.StudySettings):
                  "kfold_models": ("alexnet", "googlenet", "resnet50", "mobilenetv2", "inceptionv3", "study01_cnn"),
                  "batch_size": 5, "optimizer": "sgd", "learning_rate": 1e-4},
     }
+    FULL_SMOKE = {"patients": 10, "epochs": 1, "sets": ("C",), "kfold": 2, "kfold_models": ("study01_cnn",)}
+    """Every E1-E4 model on set C (the 9x set holds the A and B transforms; tracing six models per set
+    is most of the CPU time), the E6 vote, and E7 k-fold for the small CNN on two folds."""
 
     def check(self) -> None:
         _settings.positive(self, "image_size", "epochs", "patients", "batch_size")

@@ -116,6 +116,8 @@ class Settings(_settings.StudySettings):
                  "baselines_b": ("alexnet", "vgg16", "resnet50", "xception"), "baseline_size": 224,
                  "roi_check_images": 100000},
     }
+    FULL_SMOKE = {"patients_a": 16, "patients_b": 16, "unlabeled_patients": 8, "epochs": 1, "pretrain_epochs": 1,
+                  "roi_check_images": 8}
 
     def check(self) -> None:
         _settings.positive(self, "patients_a", "patients_b", "unlabeled_patients", "synth_size", "image_size",
@@ -404,18 +406,20 @@ def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: Settings, steps
     x_all = experiments.load_images(unlabeled, size, steps=steps)
     x_tr, y_tr = training.rotation_pretext(x_all[~is_val], seed=ctx.seed)
     x_va, y_va = training.rotation_pretext(x_all[is_val], seed=ctx.seed + 1)
-    bs = settings.batch_size
+    rec = training.scale_recipe(replace(RECIPES["pretrain"], epochs=settings.pretrain_epochs,
+                                        batch_size=settings.batch_size), training.replicas(ctx.strategy))
+    bs = rec.batch_size
     # grey (N, s, s, 1): the model repeats the channel in its graph
     tr = tf.data.Dataset.from_tensor_slices((x_tr[..., None].astype(np.float32), y_tr)) \
         .shuffle(len(x_tr), seed=ctx.seed).batch(bs).prefetch(2)
     va = tf.data.Dataset.from_tensor_slices((x_va[..., None].astype(np.float32), y_va)).batch(bs)
-    model = models.build(MODEL, input_shape=(size, size, 1), num_classes=4, block_pooling=settings.block_pooling)
-    rec = replace(RECIPES["pretrain"], epochs=settings.pretrain_epochs, batch_size=bs)
+    with training.strategy_scope(ctx.strategy):
+        model = models.build(MODEL, input_shape=(size, size, 1), num_classes=4, block_pooling=settings.block_pooling)
     with quiet(RAN_OUT_OF_DATA):
         # monitor the TRAINING loss: the held-out rotations only measure the pretext task, and
         # checkpointing on them restored the first epoch's weights in short runs
         model, res = training.train(model, tr, va, rec=rec, run_dir=ctx.runs_dir / "phase1-rotation-pretext",
-                                    monitor="loss",
+                                    monitor="loss", strategy=ctx.strategy,
                                     run_eagerly=ctx.profile.run_eagerly, jit_compile=ctx.profile.xla,
                                     config={"study": ctx.study, "objective": training.SSL_OBJECTIVE,
                                             "seed": ctx.seed, "image_size": size})

@@ -142,6 +142,8 @@ class Settings(_settings.StudySettings):
                  "degraded_fraction": round(PAPER_DEGRADED_FRACTION, 3), "val": 0.11, "test": 0.123,
                  "target_fraction": TARGET_FRACTION, "transfer_lr": 1e-4, "intensity": "none"},
     }
+    FULL_SMOKE = {"patients": 40, "approach1_epochs": 1, "approach2_epochs": 1, "small_epochs": 1,
+                  "tuner_trials": 1, "tuner_epochs": 1}
 
     def check(self) -> None:
         _settings.choice(self, "approaches", APPROACHES)

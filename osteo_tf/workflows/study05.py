@@ -112,6 +112,8 @@ class Settings(_settings.StudySettings):
                  "batch_size": 32, "kfold": 5, "lime_samples": 1000, "lime_segments": 50, "lime_features": 5,
                  "explain_per_class": 3, "sanity_images": 74, "preset": "default", "intensity": "none"},
     }
+    FULL_SMOKE = {"patients": 12, "epochs": 1, "mask_epochs": 1, "kfold": 2, "lime_samples": 50,
+                  "explain_per_class": 1, "sanity_images": 2}
 
     def check(self) -> None:
         _settings.not_empty(self, "models")

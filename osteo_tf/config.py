@@ -85,7 +85,7 @@ PROFILES: dict[str, Profile] = {
 XLA_DECISION = (
     "op determinism is on in every run (same seed, same numbers), and jit_compile='auto' lets Keras turn "
     "XLA off under determinism: GPU max-pool gradients have no deterministic XLA kernel (tensorflow "
-    "issue 69417, keras PR 20315), so jit_compile=True would fail or be dropped at the first step"
+    "issue 69417, keras PR 20315); Keras 3.15 drops jit_compile=True under determinism with a warning"
 )
 """Why the ``full`` profiles compile with ``jit_compile="auto"`` (recorded in metrics.json ``runtime``)."""
 

@@ -528,7 +528,9 @@ def paper_comparison(ctx: Context, *, keys: Sequence[str] = ("accuracy", "sensit
         why = []
         if synthetic:
             why.append("synthetic data")
-        if ctx.profile.name != "full":
+        if ctx.profile.name == "full-smoke":
+            why.append("full-smoke profile (the paper's models and sizes on a handful of patients, one epoch)")
+        elif ctx.profile.name != "full":
             why.append(f"{ctx.profile.name} profile (smaller images, fewer patients and epochs)")
         w = weights_of.get((row.get("experiment"), row.get("model"), row.get("protocol")))
         if w and str(w).startswith("random") and row.get("model") not in ("majority_vote",):

@@ -192,20 +192,26 @@ def plan_studies(studies: Sequence[str], *, profile: str = "full", out: str | Pa
             continue
         table = training_plan(st.workflow, profile)
         metrics = Path(out) / name / "metrics.json"
-        measured, source = {}, "timing pass on this machine (osteo_tf.workload.time_steps)"
+        measured, timed = {}, set()
         if metrics.exists() and json.loads(metrics.read_text()).get("profile") == "full-smoke":
             measured = measured_step_seconds(metrics)
-            source = f"full-smoke run {metrics} (median step after the first)"
-        secs = []
+        secs, sources = [], []
         for _, r in table.iterrows():
-            s = measured.get((r["model"], r["image_size"]))
+            key = (r["model"], int(r["image_size"]))
+            s = measured.get(key)
             if s is None and measure and r["model"] != "study04_tuned":
                 s = time_steps(r["model"], r["image_size"], r["batch_size"])
-                measured[(r["model"], r["image_size"])] = s
+                measured[key] = s
+                timed.add(key)
             if s is None and r["model"] == "study04_tuned":
-                s = measured.get(("study04_model1", r["image_size"]))  # the tuner searches Model 1's family
+                s = measured.get(("study04_model1", int(r["image_size"])))  # the tuner searches Model 1's family
             secs.append(None if s is None else round(float(s), 4))
+            sources.append("not measured" if s is None else "timing pass" if key in timed else "full-smoke run")
         table["s/step here"] = secs
+        table["s/step from"] = sources
+        source = (f"full-smoke run {metrics} (median step after the first)" if "full-smoke run" in sources else "")
+        if "timing pass" in sources:
+            source += ("; " if source else "") + "timing pass now (osteo_tf.workload.time_steps: steps 2-3 of 3)"
         table["hours here"] = [None if s is None else round(s * n / 3600, 2) for s, n in zip(secs, table["steps"])]
         missing = any(s is None for s in secs)
         plans.append({"study": name, "profile": profile, "table": table, "steps": int(table["steps"].sum()),

@@ -150,8 +150,7 @@ class Settings(_settings.StudySettings):
                  "noise_sigmas": (0.05, 0.1), "denoise_images": 20, "denoise_eval_size": 256,
                  "denoisers": ("bm3d_lc", "bm3d_lc_est", "bm3d_np", "nlmeans", "gaussian", "mean", "median")},
     }
-    FULL_SMOKE = {"patients": 24, "epochs": 1, "denoise_images": 2}
-    """24 patients: about 40 training images, two steps of the paper's batch of 32 (the second one timed)."""
+    FULL_SMOKE = {"patients": 8, "epochs": 1, "denoise_images": 2}
 
     def check(self) -> None:
         _settings.positive(self, "image_size", "epochs", "batch_size", "patients", "denoise_images",

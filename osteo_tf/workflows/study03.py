@@ -116,7 +116,7 @@ class Settings(_settings.StudySettings):
                  "baselines_b": ("alexnet", "vgg16", "resnet50", "xception"), "baseline_size": 224,
                  "roi_check_images": 100000},
     }
-    FULL_SMOKE = {"patients_a": 16, "patients_b": 16, "unlabeled_patients": 8, "epochs": 1, "pretrain_epochs": 1,
+    FULL_SMOKE = {"patients_a": 8, "patients_b": 9, "unlabeled_patients": 8, "epochs": 1, "pretrain_epochs": 1,
                   "roi_check_images": 8}
 
     def check(self) -> None:

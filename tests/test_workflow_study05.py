@@ -21,7 +21,7 @@ def _manifest(n_patients=20, images=(1, 2), root="/x"):
 
 
 def test_profiles_share_fields_and_full_is_the_paper():
-    fields = set(study05.Settings.field_names()) - {"preset", "weights", "allow_random_init"}
+    fields = set(study05.Settings.field_names()) - {"preset", "weights", "allow_random_init", "strategy"}
     for name, values in study05.Settings.PROFILES.items():
         assert set(values) - {"preset"} == fields, name
         s = study05.Settings.for_profile(name)

@@ -150,12 +150,12 @@ def time_steps(model: str, image_size: int, batch_size: int, *, steps: int = 3) 
     training.configure_precision("auto")
     spec = models.get_spec(model)
     size = max(int(image_size), spec.min_input_size)
-    m = models.build(model, input_shape=(size, size, 3), num_classes=2, weights=None)
+    m = models.build(model, input_shape=(size, size, 1), num_classes=2, weights=None)
     rec = training.Recipe(batch_size=int(batch_size),
                           loss="binary_crossentropy" if m.output_shape[-1] == 1 else "categorical_crossentropy")
     training.compile_model(m, rec, jit_compile=config.get_profile("full").xla)
     rng = np.random.default_rng(0)
-    x = rng.random((batch_size, size, size, 3), dtype=np.float32)
+    x = rng.random((batch_size, size, size, 1), dtype=np.float32)  # grey: the model repeats the channel
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, batch_size)]
     if m.output_shape[-1] == 1:
         y = y[:, 1:]

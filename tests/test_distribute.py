@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent("""
     config.seed_everything(0)
     n_rep = training.replicas(strategy)
     rng = np.random.default_rng(0)
-    x = rng.random((32, 32, 32, 3), dtype=np.float32)
+    x = rng.random((32, 32, 32, 1), dtype=np.float32)
     y = np.eye(2, dtype=np.float32)[(x[:, :16].mean(axis=(1, 2, 3)) > x[:, 16:].mean(axis=(1, 2, 3))).astype(int)]
     # per-replica batch 8 // n_rep: the GLOBAL batch is 8 and the learning rate 0.05 for every mode
     rec = training.scale_recipe(training.Recipe("sgd", 0.05 / n_rep, 0.0, 8 // n_rep, 2, None, "loss"), n_rep)
@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent("""
     opts = tf.data.Options()
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     ds = ds.with_options(opts)  # every worker sees the same global batches (the test compares them)
-    build = lambda: models.build("compact_cnn", input_shape=(32, 32, 3), num_classes=2, weights=None,
+    build = lambda: models.build("compact_cnn", input_shape=(32, 32, 1), num_classes=2, weights=None,
                                  filters=(4, 8, 8, 8))
     model, res = training.train(build, ds, rec=rec, run_dir=out + "-run", strategy=strategy)
     p = training.predict_proba(model, tf.data.Dataset.from_tensor_slices(x).batch(8))
@@ -142,7 +142,7 @@ def _load_initial_differs(weights):
     from osteo_tf import config, models
 
     config.seed_everything(0)
-    fresh = models.build("compact_cnn", input_shape=(32, 32, 3), num_classes=2, weights=None,
+    fresh = models.build("compact_cnn", input_shape=(32, 32, 1), num_classes=2, weights=None,
                          filters=(4, 8, 8, 8)).get_weights()
     return any(not np.allclose(a, b) for a, b in zip(weights, fresh))
 

@@ -25,7 +25,7 @@ MAKE_AND_LOAD = textwrap.dedent("""
     from osteo_tf import experiments, models
 
     home = Path(sys.argv[1])
-    name = models.expected_weights_file("mobilenetv2", (96, 96, 3))
+    name = models.expected_weights_file("mobilenetv2", (96, 96, 1))
     (home / "models").mkdir(parents=True)
     keras.utils.set_random_seed(123)
     base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
@@ -37,7 +37,7 @@ MAKE_AND_LOAD = textwrap.dedent("""
         legacy_h5_format.save_weights_to_hdf5_group(f, base)
 
     keras.utils.set_random_seed(0)
-    model = models.build("mobilenetv2", input_shape=(96, 96, 3), num_classes=2, weights="imagenet",
+    model = models.build("mobilenetv2", input_shape=(96, 96, 1), num_classes=2, weights="imagenet",
                          allow_random_init=False)
     info = models.build_info(model)
     compared = 0

@@ -24,11 +24,11 @@ def policy(request):
                                           ("squeezenet", {}),
                                           ("study04_model3", {})])
 def test_output_layer_is_float32_under_mixed_precision(policy, name, options):
-    model = models.build(name, input_shape=(48, 48, 3), num_classes=2, weights=None, **options)
+    model = models.build(name, input_shape=(48, 48, 1), num_classes=2, weights=None, **options)
     out = model.get_layer("predictions")
     assert out.dtype_policy.compute_dtype == "float32", out.dtype_policy
     assert model.get_layer(models.build_info(model)["last_conv"] or model.layers[1].name).compute_dtype != "float32"
-    p = np.asarray(model(np.random.default_rng(0).random((4, 48, 48, 3), dtype=np.float32)))
+    p = np.asarray(model(np.random.default_rng(0).random((4, 48, 48, 1), dtype=np.float32)))
     assert p.dtype == np.float32 and np.all(np.isfinite(p))
     if p.shape[1] > 1:
         assert np.allclose(p.sum(1), 1.0, atol=1e-6)  # a float16 softmax sums to 1 within 1e-3 only
@@ -36,10 +36,10 @@ def test_output_layer_is_float32_under_mixed_precision(policy, name, options):
 
 def test_gradcam_and_lime_give_finite_maps_in_0_1_under_mixed_precision(policy):
     size = 32
-    model = models.build("compact_cnn", input_shape=(size, size, 3), num_classes=2, weights=None,
+    model = models.build("compact_cnn", input_shape=(size, size, 1), num_classes=2, weights=None,
                          filters=(4, 8, 8, 8))
     img = grey(size, seed=1).astype(np.float32)
-    batch = np.repeat(img[None, :, :, None], 3, axis=-1)
+    batch = img[None, :, :, None]  # grey: the model repeats the channel
     before = np.asarray(model(batch))
     for method in ("gradcam", "gradcam++"):
         maps = explain.gradcam(model, batch, method=method, class_index=1)

@@ -172,3 +172,10 @@ def test_operating_point_rules():
     multi = evaluation.result_record(experiment="e", model="m", protocol="clean", y_true=np.array([0, 1, 2]),
                                      y_prob=np.eye(3), class_names=["a", "b", "c"], n_boot=0)
     assert multi["threshold"] is None and multi["threshold_rule"] == "argmax"
+
+
+def test_osteo_tf_predict_is_exported_lazily():
+    code = ("import sys, osteo_tf; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+            "from osteo_tf.inference import predict; assert osteo_tf.predict is predict; "
+            "assert 'predict' in osteo_tf.__all__")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -254,18 +254,21 @@ def report_table(settings, records: Sequence[dict], *, measure_missing: bool = T
         if r.get("seconds_per_step") and r.get("image_size"):
             measured.setdefault((str(r["model"]), int(r["image_size"])), []).append(float(r["seconds_per_step"]))
     same = settings.profile == "full-smoke"
-    secs, sources = [], []
+    secs, sources, timed = [], [], {}
     for _, r in table.iterrows():
         key = (r["model"], int(r["image_size"]))
+        # a record may name the paper's model (study 05: "mobilenetv3" for mobilenetv3large)
+        found = [v for (m, size), v in measured.items() if size == key[1] and (m == key[0] or key[0].startswith(m))]
         if not same:
             secs.append(None)
             sources.append(f"not measured ({settings.profile} profile: other models or sizes)")
-        elif key in measured:
-            secs.append(round(float(pd.Series(measured[key]).median()), 4))
+        elif found:
+            secs.append(round(float(pd.Series(found[0]).median()), 4))
             sources.append("this run (median step after the first)")
         elif measure_missing and r["model"] != "study04_tuned":
-            secs.append(round(time_steps(r["model"], r["image_size"], r["batch_size"]), 4))
-            measured[key] = [secs[-1]]
+            if key not in timed:
+                timed[key] = round(time_steps(r["model"], r["image_size"], r["batch_size"]), 4)
+            secs.append(timed[key])
             sources.append("timing pass after this run (one step here)")
         else:
             secs.append(None)

@@ -381,6 +381,12 @@ def split_head(model, *, head_input: str = HEAD_INPUT_LAYER):
     import keras
 
     names = [layer.name for layer in model.layers]
+    if head_input not in names and head_input == HEAD_INPUT_LAYER:
+        # a head without pooling (AlexNet's and VGG16's paper heads keep fc6/fc7 or fc1/fc2): split
+        # after the last backbone layer, before the new head's first layer
+        first = next((n for n in names if n in ("head_dense", "head_dropout", "predictions")), None)
+        if first is not None and names.index(first) > 0:
+            head_input = names[names.index(first) - 1]
     if head_input not in names:
         raise ValueError(f"model has no layer {head_input!r} to split at. Layers end with: {names[-6:]}")
     cut = model.get_layer(head_input)

@@ -227,3 +227,15 @@ def test_configure_precision_rejects_unknown_policy():
     with pytest.raises(ValueError, match="Received: policy='half'"):
         training.configure_precision("half")
     assert training.configure_precision(None) == "float32"
+
+
+def test_split_head_of_a_paper_head_without_pooling_cuts_after_the_backbone():
+    # full-smoke found it: study 04 approach 2 with AlexNet's paper head (fc6, fc7, new predictions)
+    from osteo_tf import models
+
+    m = models.build("alexnet", input_shape=(64, 64, 1), num_classes=2, weights=None, head="paper",
+                     dropout=0.4)
+    features, head = training.split_head(m)
+    assert features.output.shape[-1] == 4096 and features.layers[-1].name == "fc7"
+    assert [layer.name for layer in head.layers[1:]] == ["head_dropout", "predictions"]
+    assert head.get_layer("predictions") is m.get_layer("predictions")  # training the head trains m

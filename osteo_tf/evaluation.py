@@ -46,6 +46,7 @@ __all__ = [
     "classification_metrics",
     "bootstrap_distribution",
     "bootstrap_ci",
+    "paired_effect",
     "format_estimate",
     "format_interval",
     "brier_score",
@@ -678,6 +679,130 @@ def bootstrap_ci(
             stacklevel=2,
         )
     return out
+
+
+PAIRINGS = ("same", "shared")
+"""How :func:`paired_effect` treats two arms evaluated on different patients: ``"same"`` raises,
+``"shared"`` pairs them on the patients both were tested on."""
+
+
+def paired_effect(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    *,
+    metric: str = "auc",
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    pairing: str = "same",
+    positive: int | None = None,
+) -> dict[str, Any]:
+    """The difference ``metric(b) - metric(a)`` of two models (or conditions) tested on the same
+    patients, with a paired, patient-level percentile-bootstrap CI.
+
+    Each resample draws the shared patients with replacement ONCE and evaluates both arms on that
+    same draw (every image of a drawn patient, with the patient's multiplicity), so the interval
+    reflects the difference between the arms, not the spread of each: two identical arms give
+    exactly 0 with the interval [0, 0]. Resamples on which the metric is undefined for either arm
+    (e.g. AUC with one class drawn) are skipped and counted.
+
+    Args:
+        a, b: the two arms, each a mapping with ``y_true`` (N,), ``y_prob`` (see the module
+            conventions), ``groups`` (N,) patient ids and optionally ``threshold`` (binary decision
+            threshold, default 0.5: the arm's operating point). The arms may hold different images
+            (e.g. an augmented test set) as long as they cover the same patients.
+        metric: one of :data:`BINARY_METRICS` / :data:`MULTICLASS_METRICS` (e.g. ``"auc"``,
+            ``"balanced_accuracy"``, ``"accuracy"``).
+        n_boot: resamples (default 2000).
+        alpha: 1 - confidence level.
+        seed: NumPy seed of the resampling; equal seeds give identical intervals.
+        pairing: ``"same"``: both arms must have been tested on exactly the same patients (a
+            ValueError otherwise); ``"shared"``: only the patients both arms were tested on are
+            used (each arm's images of other patients are dropped; ``n_only_a`` / ``n_only_b``
+            say how many patients that left out).
+        positive: binary positive class (default 1).
+
+    Returns:
+        ``{"metric", "a", "b", "effect", "ci95": [lo, hi], "p_not_positive", "n_groups",
+        "n_only_a", "n_only_b", "n_boot", "n_skipped", "seed", "pairing", "method"}``: ``a`` and ``b``
+        are the point estimates on the paired patients, ``effect = b - a``, ``p_not_positive`` the
+        share of resamples with an effect <= 0 (a one-sided bootstrap p-value for "b is better").
+
+    Raises:
+        ValueError: malformed arms, an unknown metric or pairing, arms with different numbers of
+            classes, ``pairing="same"`` with different patients, or no shared patient.
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}. Received: pairing={pairing!r}")
+    if not isinstance(n_boot, (int, np.integer)) or isinstance(n_boot, bool) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer. Received: n_boot={n_boot!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer. Received: seed={seed!r}")
+    if not (isinstance(alpha, (float, int, np.floating)) and 0.0 < alpha < 1.0):
+        raise ValueError(f"alpha must be in (0, 1). Received: alpha={alpha!r}")
+    arms = []
+    for name, arm in (("a", a), ("b", b)):
+        if not isinstance(arm, Mapping) or any(k not in arm for k in ("y_true", "y_prob", "groups")):
+            raise ValueError(f"arm {name} must be a mapping with y_true, y_prob and groups. Received: {arm!r:.120}")
+        y, p, _ = _inputs(arm["y_true"], arm["y_prob"], positive)
+        g = np.asarray(arm["groups"]).astype(str)
+        if g.ndim != 1 or g.size != y.size:
+            raise ValueError(f"arm {name}: groups must hold one id per image ({y.size}). Received: shape {g.shape}")
+        t = arm.get("threshold")
+        t = 0.5 if t is None else float(t)
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"arm {name}: threshold must be in [0, 1]. Received: threshold={t!r}")
+        arms.append((y, p, g, t))
+    if arms[0][1].shape[1] != arms[1][1].shape[1]:
+        raise ValueError(f"both arms need the same classes. Received: {arms[0][1].shape[1]} and "
+                         f"{arms[1][1].shape[1]} class columns")
+    binary = arms[0][1].shape[1] == 2
+    (metric,) = _check_metric_names((metric,), BINARY_METRICS if binary else MULTICLASS_METRICS)
+    ga, gb = set(arms[0][2]), set(arms[1][2])
+    shared = np.array(sorted(ga & gb))
+    if ga != gb and pairing == "same":
+        raise ValueError(
+            f"the two arms were tested on different patients ({len(ga - gb)} only in a, {len(gb - ga)} only in b, "
+            f"{shared.size} shared); pass pairing='shared' to pair them on the shared patients")
+    if shared.size == 0:
+        raise ValueError("the two arms share no test patient: a paired comparison is impossible")
+    pos = 1 if positive is None else int(positive)
+    engines, invs = [], []
+    for y, p, g, t in arms:
+        keep = np.isin(g, shared)
+        y, p, g = y[keep], p[keep], g[keep]
+        eng = _Engine(y, p, positive=pos, threshold=t)
+        if not binary:
+            counts = np.bincount(y, minlength=eng.c)
+            eng.auc_classes = (counts > 0) & (counts < y.size)
+        engines.append(eng)
+        invs.append(np.searchsorted(shared, g))
+    point = [_f(eng(np.ones((1, inv.size)), (metric,))[metric]) for eng, inv in zip(engines, invs)]
+    n_groups = shared.size
+    rng = np.random.default_rng(int(seed))
+    draws = rng.integers(0, n_groups, (n_boot, n_groups))
+    offsets = (np.arange(n_boot) * n_groups)[:, None]
+    mult = np.bincount((draws + offsets).ravel(), minlength=n_boot * n_groups).reshape(n_boot, n_groups)
+    mult = mult.astype(np.float64)
+    reps = np.empty((2, n_boot))
+    for i, (eng, inv) in enumerate(zip(engines, invs)):
+        chunk = max(1, _MAX_WEIGHT_ELEMENTS // max(1, inv.size))
+        for start in range(0, n_boot, chunk):
+            reps[i, start:start + chunk] = eng(mult[start:start + chunk][:, inv], (metric,))[metric]
+    diff = reps[1] - reps[0]
+    valid = diff[~np.isnan(diff)]
+    if valid.size:
+        lo, hi = (float(v) for v in np.quantile(valid, [alpha / 2, 1 - alpha / 2]))
+        p_not_positive = float(np.mean(valid <= 0))
+    else:
+        lo = hi = p_not_positive = math.nan
+    return _jsonable({
+        "metric": metric, "a": point[0], "b": point[1], "effect": point[1] - point[0], "ci95": [lo, hi],
+        "p_not_positive": p_not_positive, "n_groups": int(n_groups), "n_only_a": len(ga - gb),
+        "n_only_b": len(gb - ga), "n_boot": int(n_boot), "n_skipped": int(n_boot - valid.size), "seed": int(seed),
+        "pairing": pairing, "level": 1 - alpha,
+        "method": "paired percentile bootstrap resampling patients (one draw per resample for both arms)",
+    })
 
 
 def format_interval(lo: float, hi: float, *, digits: int = 2) -> str:

@@ -57,6 +57,9 @@ class Context:
     """The ``tf.distribute`` strategy models are built and trained in (None: one device)."""
     runtime: dict = field(default_factory=dict)
     """How this run executes (metrics.json ``runtime``): strategy, replicas, precision, xla and why."""
+    predictions: dict[tuple, "Predictions"] = field(default_factory=dict)
+    """Test predictions of every kept result, by ``(experiment, model, protocol)``: what the
+    claim's paired effects (:func:`claim`) and the texture floor (:func:`texture_floor`) use."""
 
     @property
     def weights(self) -> str:
@@ -420,6 +423,7 @@ def fit_evaluate(
     record["bundle"] = str(bundle.relative_to(ctx.out_dir))
     if keep:
         ctx.results.append(record)
+        keep_predictions(ctx, record, y_true, y_prob, groups, split=split, steps=steps, image_size=size)
     return FitResult(record, y_true, y_prob, groups, keras_model, train_info, str(info.get("weights")))
 
 
@@ -467,7 +471,9 @@ def save_bundle(ctx: Context, model, record: dict, *, steps: Sequence, image_siz
                                 threshold_rule=record.get("threshold_rule"), info=info)
 
 
-def results_table(records: Sequence[dict], keys: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "auc")) -> pd.DataFrame:
+def results_table(records: Sequence[dict],
+                  keys: Sequence[str] = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "auc"),
+                  ) -> pd.DataFrame:
     """A compact table of result records with 95% CIs as "0.812 [0.70, 0.90]".
 
     The metrics are at each model's operating point (column ``threshold``: the value and how it
@@ -571,3 +577,262 @@ def leakage_summary(split: pd.DataFrame) -> pd.DataFrame:
         "test images whose group is in training": rep["test_images_with_train_group"],
         "clean": rep["clean"],
     }])
+
+
+# --------------------------------------------------------------------------------------------
+# The claim: the paper's comparison as a paired effect, and the texture-feature floor
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Predictions:
+    """The test predictions behind one result record (kept in ``Context.predictions``)."""
+
+    y_true: np.ndarray
+    y_prob: np.ndarray
+    groups: np.ndarray
+    threshold: float
+    class_names: list[str]
+    split: pd.DataFrame | None = None
+    steps: tuple = ()
+    image_size: int | None = None
+
+    def arm(self) -> dict:
+        """The arm :func:`osteo_tf.evaluation.paired_effect` takes."""
+        return {"y_true": self.y_true, "y_prob": self.y_prob, "groups": self.groups, "threshold": self.threshold}
+
+
+def keep_predictions(ctx: Context, record: dict, y_true, y_prob, groups, *, split: pd.DataFrame | None = None,
+                     steps: Sequence = (), image_size: int | None = None) -> tuple:
+    """Store a record's test predictions under ``(experiment, model, protocol)`` and return that key.
+
+    The decision threshold is the record's (its operating point; 0.5 when it has none).
+    """
+    key = (record["experiment"], record["model"], record.get("protocol", "clean"))
+    threshold = record.get("threshold")
+    ctx.predictions[key] = Predictions(np.asarray(y_true), np.asarray(y_prob), np.asarray(groups).astype(str),
+                                       0.5 if threshold is None else float(threshold), list(ctx.class_names),
+                                       split, tuple(steps), image_size)
+    return key
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One claim of a paper: arm ``b`` (what the paper says helps) against arm ``a``.
+
+    Attributes:
+        claim: the comparison in words, e.g. "augmented set C vs originals N (study01_cnn)".
+        a, b: ``(experiment, model, protocol)`` keys of ``Context.predictions``.
+        metric: the metric of the paper's comparison (``accuracy``, ``auc``, ...).
+        paper: the paper's own difference ``b - a`` in that metric, or ``None`` when it reports none.
+        paper_note: where the paper's figure comes from (or why there is none).
+        pairing: ``"same"`` (the arms were tested on the same patients) or ``"shared"`` (pair them on
+            the patients both were tested on: study 01's paper protocol tests augmented copies).
+        extra_metrics: further metrics whose effect is shown (default AUC), without a paper figure.
+    """
+
+    claim: str
+    a: tuple
+    b: tuple
+    metric: str = "accuracy"
+    paper: float | None = None
+    paper_note: str = ""
+    pairing: str = "same"
+    extra_metrics: tuple[str, ...] = ("auc",)
+
+
+def paper_value(study: str, experiment: str, model: str, metric: str) -> float | None:
+    """One figure of a paper (``osteo_tf.studies``), or ``None`` when the paper has no such row."""
+    from osteo_tf.studies import get_study
+
+    for row in get_study(study).paper:
+        if row.get("experiment") == experiment and row.get("model") == model and row.get(metric) is not None:
+            return float(row[metric])
+    return None
+
+
+MIN_CLAIM_PATIENTS = 10
+"""Below this many paired test patients :func:`verdict` does not judge a claim (smoke runs)."""
+
+
+def verdict(effect: float | None, ci: Sequence[float | None] | None, *, b: str, a: str, metric: str,
+            n_groups: int, paper: float | None = None) -> str:
+    """One plain sentence: does this run's paired effect support ``b`` beating ``a``?"""
+    lo, hi = (None, None) if not ci else ci
+    if effect is None or lo is None or hi is None:
+        return f"Undefined: {metric} cannot be computed on these {n_groups} test patients."
+    if n_groups < MIN_CLAIM_PATIENTS:
+        return (f"Not testable: {n_groups} test patients are too few for an interval "
+                f"(at least {MIN_CLAIM_PATIENTS}); effect {effect:+.3f}.")
+    span = f"{effect:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f}, {n_groups} test patients"
+    if lo > 0:
+        out = f"Supported: {b} beats {a} in {metric} ({span})."
+    elif hi < 0:
+        out = f"Contradicted: {b} is worse than {a} in {metric} ({span})."
+    else:
+        out = f"Not shown: the interval includes no difference in {metric} ({span})."
+    if paper is not None:
+        out += f" The paper's difference ({paper:+.3f}) is {'inside' if lo <= paper <= hi else 'outside'} our interval."
+    return out
+
+
+def claim(ctx: Context, comparisons: Sequence[Comparison], *, n_boot: int = 2000) -> pd.DataFrame:
+    """Each comparison as a paired, patient-level bootstrap effect beside the paper's difference.
+
+    Effects come from the test predictions kept in ``ctx.predictions``
+    (:func:`osteo_tf.evaluation.paired_effect`, ``n_boot`` resamples, the run's seed); a comparison
+    whose arms this run did not train says so. The rows are also stored, JSON-ready, under
+    ``ctx.extra["claims"]`` (metrics.json ``claims``).
+
+    Returns:
+        One row per (comparison, metric): comparison, metric, b, a (each with its value), ours
+        (b - a) with its 95% CI, paper (b - a), patients (paired test patients). The sentences
+        saying whether the run supports each claim: :func:`claim_summary`.
+    """
+    from osteo_tf import evaluation
+
+    rows, records = [], []
+    for comp in comparisons:
+        missing = [k for k in (comp.a, comp.b) if k not in ctx.predictions]
+        for metric in (comp.metric, *[m for m in comp.extra_metrics if m != comp.metric]):
+            paper = comp.paper if metric == comp.metric else None
+            rec = {"claim": comp.claim, "metric": metric, "primary": metric == comp.metric, "a": list(comp.a),
+                   "b": list(comp.b), "paper": paper,
+                   "paper_note": comp.paper_note if metric == comp.metric else ""}
+            if missing:
+                rec.update(effect=None, ci95=None, n_groups=0,
+                           verdict=f"Not run in this profile (no {', '.join(' / '.join(k) for k in missing)}).")
+            else:
+                eff = evaluation.paired_effect(ctx.predictions[comp.a].arm(), ctx.predictions[comp.b].arm(),
+                                               metric=metric, n_boot=n_boot, seed=ctx.seed, pairing=comp.pairing)
+                rec.update(effect=eff["effect"], ci95=eff["ci95"], n_groups=eff["n_groups"], a_value=eff["a"],
+                           b_value=eff["b"], pairing=eff["pairing"], n_only_a=eff["n_only_a"],
+                           n_only_b=eff["n_only_b"], n_boot=eff["n_boot"], n_skipped=eff["n_skipped"],
+                           p_not_positive=eff["p_not_positive"])
+                rec["verdict"] = verdict(eff["effect"], eff["ci95"], b=_arm_name(comp.b), a=_arm_name(comp.a),
+                                         metric=metric, n_groups=eff["n_groups"], paper=paper)
+            records.append(rec)
+            rows.append({
+                "comparison": comp.claim, "metric": metric,
+                "b": f"{_arm_name(comp.b)}: {_num(rec.get('b_value'))}", "a": f"{_arm_name(comp.a)}: {_num(rec.get('a_value'))}",
+                "ours (b - a) [95% CI]": "-" if rec["effect"] is None and not rec.get("ci95")
+                else evaluation.format_estimate(rec["effect"], rec["ci95"], digits=3),
+                "paper (b - a)": "-" if paper is None else f"{paper:+.3f}",
+                "patients": rec["n_groups"],
+            })
+    ctx.extra["claims"] = records
+    return pd.DataFrame(rows)
+
+
+def claim_summary(ctx: Context) -> str:
+    """The claim in sentences (Markdown): per comparison, in the paper's metric, whether this run
+    supports it (:func:`verdict`) and where the paper's figure comes from."""
+    lines = []
+    for rec in ctx.extra.get("claims", []):
+        if rec.get("primary"):
+            note = f" *Paper:* {rec['paper_note']}" if rec.get("paper_note") else ""
+            lines.append(f"- **{rec['claim']}**: {rec['verdict']}{note}")
+    return "\n".join(lines) or "No comparison ran."
+
+
+def _arm_name(key: tuple) -> str:
+    experiment, model, protocol = key
+    name = "the texture floor" if model == FLOOR_MODEL else f"{experiment} {model}"
+    return name + (f" ({protocol} protocol)" if protocol != "clean" else "")
+
+
+def _num(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.3f}"
+
+
+FLOOR_MODEL = "logistic regression (texture + intensity)"
+"""The model name of the texture-feature floor in metrics.json (``floor``)."""
+
+
+def intensity_features(image: np.ndarray) -> np.ndarray:
+    """Mean, SD and the 5 / 25 / 50 / 75 / 95th percentiles of the grey values."""
+    img = np.asarray(image, np.float64)
+    return np.r_[img.mean(), img.std(), np.percentile(img, [5, 25, 50, 75, 95])]
+
+
+def texture_features(image: np.ndarray) -> np.ndarray:
+    """The generator's variogram texture features (``synthetic.texture_features``), NaN where
+    undefined (a constant image)."""
+    from osteo_tf import synthetic
+
+    try:
+        return synthetic.texture_features(np.asarray(image, np.float64))
+    except ValueError:
+        return np.full(len(synthetic.TEXTURE_FEATURES), np.nan)
+
+
+def floor_features(images: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, 12) texture + intensity features of grey images (the dataset card's baseline features)."""
+    return np.stack([np.r_[texture_features(x), intensity_features(x)] for x in images])
+
+
+def texture_floor(ctx: Context, key: tuple, *, min_size: int = 32) -> dict:
+    """The dataset card's baseline on one result's own data and split: logistic regression on
+    texture + intensity features, fitted on that result's training images and tested on its test
+    images, so a CNN that learns less than a linear model on 12 hand-made features shows as such.
+
+    Images are read with the result's preprocessing steps at its input size (at least
+    ``min_size`` px: the variogram's lags reach 16 px). The record (experiment ``floor``, model
+    :data:`FLOOR_MODEL`, the result's protocol, ``floor_of``: the result it is the floor of, ``key``)
+    is appended to ``ctx.extra["floor"]`` (metrics.json ``floor``) and its predictions are kept
+    under ``("floor of <experiment>", FLOOR_MODEL, protocol)`` for :func:`claim`.
+
+    Raises:
+        KeyError: ``key`` has no kept predictions, or they carry no split.
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from osteo_tf import evaluation, pipeline
+
+    pred = ctx.predictions.get(key)
+    if pred is None or pred.split is None:
+        raise KeyError(f"no kept predictions with a split for {key}. Kept: {sorted(map(str, ctx.predictions))}")
+    size = max(int(pred.image_size or ctx.image_size or min_size), int(min_size))
+    train = pred.split[pred.split["split"] == "train"]
+    test = pred.split[pred.split["split"] == "test"]
+    t0 = time.perf_counter()
+    x_train = floor_features(load_images(train, size, steps=pred.steps))
+    x_test = floor_features(load_images(test, size, steps=pred.steps))
+    encode = dict(class_names=pred.class_names, label_mode="int")
+    y_train = pipeline.encode_labels(train["label"].astype(str).tolist(), **encode)
+    y_test = pipeline.encode_labels(test["label"].astype(str).tolist(), **encode)
+    clf = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    clf.fit(x_train, y_train)
+    prob = np.zeros((len(test), len(pred.class_names)))
+    prob[:, clf.classes_] = clf.predict_proba(x_test)
+    groups = test["group"].astype(str).to_numpy()
+    record = evaluation.result_record(
+        experiment="floor", model=FLOOR_MODEL, protocol=key[2], y_true=y_test, y_prob=prob, groups=groups,
+        class_names=pred.class_names, seed=ctx.seed, train_seconds=round(time.perf_counter() - t0, 2),
+        extra={"floor_of": list(key), "image_size": size, "features": "texture + intensity (12)",
+               "n_train_images": int(len(train))})
+    ctx.extra.setdefault("floor", []).append(record)
+    floor_key = (f"floor of {key[0]}", FLOOR_MODEL, key[2])
+    ctx.predictions[floor_key] = Predictions(y_test, prob, groups, 0.5, list(pred.class_names), pred.split,
+                                             pred.steps, size)
+    record["key"] = list(floor_key)
+    return record
+
+
+def floor_table(ctx: Context) -> pd.DataFrame:
+    """Each texture floor beside the result it is the floor of (accuracy, balanced accuracy, AUC, CIs)."""
+    from osteo_tf import evaluation
+
+    by_key = {(r["experiment"], r["model"], r.get("protocol", "clean")): r for r in ctx.results}
+    rows = []
+    for floor in ctx.extra.get("floor", []):
+        of = tuple(floor["floor_of"])
+        for label, r in ((f"{of[0]} {of[1]}", by_key.get(of)), ("texture floor (logistic regression)", floor)):
+            if r is None:
+                continue
+            rows.append({"data and split": f"{of[0]} ({of[2]} protocol)", "model": label,
+                         **{k: evaluation.format_estimate(r.get(k), (r.get("ci95") or {}).get(k))
+                            for k in ("accuracy", "balanced_accuracy", "auc")},
+                         "test patients": r.get("n_test_groups")})
+    return pd.DataFrame(rows)

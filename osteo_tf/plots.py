@@ -388,3 +388,54 @@ def save_overlay_png(image: np.ndarray, cam_or_mask: np.ndarray | None, path: st
     rgb = overlay_rgb(image, cam_or_mask, segments=segments, alpha=alpha)
     Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB").save(out, format="PNG")
     return out
+
+
+def study_forest(headline: Sequence[Mapping], claims: Sequence[Mapping] = (), *, title: str = "",
+                 chance: float | None = None):
+    """The index's forest plot of one study.
+
+    Left: each headline row (``label``, ``metric``, ``value``, ``ci`` [lo, hi], ``paper`` or None)
+    as our estimate with its 95% CI (blue) beside the paper's figure (red diamond), with chance
+    (``chance``, e.g. 1/k) dashed. Right (when ``claims`` are given): each claim's paired effect
+    (``claim``, ``metric``, ``effect``, ``ci95``, ``paper``) with its CI, zero dashed, the
+    paper's difference as a red diamond.
+    """
+    plt = _plt()
+    panels = [("headline: ours (95% CI) vs the paper", headline, False)]
+    if claims:
+        panels.append(("the claim: paired effect b - a (95% CI) vs the paper", claims, True))
+    n = max(len(headline), len(claims), 1)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), 0.55 * n + 1.3), squeeze=False)
+    for ax, (name, rows, is_effect) in zip(axes[0], panels):
+        labels, paper_shown = [], False
+        for i, row in enumerate(rows):
+            y = len(rows) - 1 - i
+            value = row.get("effect" if is_effect else "value")
+            ci = row.get("ci95" if is_effect else "ci") or [None, None]
+            if value is not None:
+                lo = ci[0] if ci[0] is not None else value
+                hi = ci[1] if ci[1] is not None else value
+                ax.errorbar([value], [y], xerr=[[value - lo], [hi - value]], fmt="o", color="#1f5fa8", capsize=3,
+                            label="ours (95% CI)" if i == 0 else None)
+            if row.get("paper") is not None:
+                ax.plot([row["paper"]], [y], "D", color="#c0392b", label=None if paper_shown else "paper")
+                paper_shown = True
+            text = row.get("claim" if is_effect else "label", "")
+            label = textwrap.shorten(f"{text} [{row.get('metric', '')}]", 80, placeholder="...")
+            labels.append(textwrap.fill(label, 40))
+        ax.set_yticks(range(len(rows) - 1, -1, -1))
+        ax.set_yticklabels(labels, fontsize=7)
+        if is_effect:
+            ax.axvline(0.0, color="grey", ls="--", lw=1)
+        else:
+            ax.set_xlim(0.0, 1.02)
+            if chance is not None:
+                ax.axvline(chance, color="grey", ls="--", lw=1, label=f"chance {chance:.2f}")
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -116,17 +116,39 @@ def strip_native_logs(nb) -> int:
     return removed
 
 
+CLAIM_TAG = "claim"
+"""Cells tagged so (the study's claim: the paper's comparison as paired effects, and the floor)
+open the HTML report, right after the title cell, although they run at the end of the notebook
+(they need every result)."""
+
+
+def claim_first(nb) -> int:
+    """Move the cells tagged :data:`CLAIM_TAG`, in their order, to right after the first cell.
+
+    Returns:
+        The number of cells moved.
+    """
+    claim = [c for c in nb.cells if CLAIM_TAG in c.get("metadata", {}).get("tags", [])]
+    if not claim or not nb.cells:
+        return 0
+    rest = [c for c in nb.cells if CLAIM_TAG not in c.get("metadata", {}).get("tags", [])]
+    nb.cells = rest[:1] + claim + rest[1:]
+    return len(claim)
+
+
 def export_html(ipynb: str | Path, html_path: str | Path, *, hide_code: bool = True) -> Path:
     """Convert an executed notebook to ONE self-contained HTML file (images embedded).
 
     Code cells are hidden (the report is for readers; the .ipynb beside it keeps everything),
-    TensorFlow's native start-up log lines are dropped from the report.
+    TensorFlow's native start-up log lines are dropped from the report, and the claim's cells
+    (tagged :data:`CLAIM_TAG`) open the report (:func:`claim_first`).
     """
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(ipynb), as_version=4)
     strip_native_logs(nb)
+    claim_first(nb)
     exporter = HTMLExporter(embed_images=True, exclude_input=hide_code, exclude_input_prompt=True,
                             exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
@@ -284,10 +306,57 @@ def headline_records(study, results: list[dict]) -> list[tuple[dict, dict, str |
     return out
 
 
+def forest_rows(study, metrics: Mapping[str, Any], *, keys: Sequence[str] = ("accuracy", "auc")) -> tuple[list, list]:
+    """The rows of a study's forest plot (:func:`osteo_tf.plots.study_forest`) from its metrics.json:
+    each headline record's ``keys`` with CIs beside the paper's figure for the headline model, and
+    each claim's primary paired effect beside the paper's difference."""
+    headline = []
+    for res, paper, paper_model in headline_records(study, metrics.get("results", [])):
+        other = f" vs paper's {paper_model}" if paper and paper_model != res.get("model") else ""
+        for k in keys:
+            if res.get(k) is None:
+                continue
+            headline.append({"label": f"{res.get('experiment')} {res.get('model')} ({res.get('protocol', '')}){other}",
+                             "metric": k, "value": res.get(k), "ci": (res.get("ci95") or {}).get(k),
+                             "paper": paper.get(k) if paper else None})
+    claims = [c for c in metrics.get("claims", []) if c.get("primary", True) and c.get("effect") is not None]
+    return headline, claims
+
+
+def _figure_html(fig) -> str:
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return f"<img alt='forest plot' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+
+
+def study_figure(folder: Path) -> str:
+    """The forest plot of one study run as an embedded ``<img>``, or "" when it has no results."""
+    from osteo_tf import plots
+
+    path = folder / "metrics.json"
+    if not path.exists():
+        return ""
+    metrics = json.loads(path.read_text())
+    headline, claims = forest_rows(STUDIES.get(folder.name), metrics)
+    if not headline and not claims:
+        return ""
+    classes = (metrics.get("data") or {}).get("classes") or {}
+    fig = plots.study_forest(headline, claims, chance=1 / len(classes) if classes else None)
+    return _figure_html(fig)
+
+
 def write_index(out: str | Path) -> Path:
-    """Write ``OUT/index.html``: every study run with status, headline metrics + CIs, paper values."""
+    """Write ``OUT/index.html``: per study a forest plot (headline with CIs beside the paper's figure,
+    and the claim's paired effects beside the paper's differences), then every study run with
+    status, headline metrics + CIs and paper values."""
     out = Path(out)
-    rows = []
+    rows, figures = [], []
     for folder in sorted(p for p in out.iterdir() if p.is_dir()):
         status_file = folder / "status.json"
         if not status_file.exists():
@@ -309,6 +378,9 @@ def write_index(out: str | Path) -> Path:
                 f"; paper acc {format_estimate(paper.get('accuracy'))}{other}"
             )
         link = f"{folder.name}/{folder.name}.html"
+        figure = study_figure(folder)
+        if figure:
+            figures.append(f"<h2><a href='{html.escape(link)}'>{html.escape(folder.name)}</a></h2>{figure}")
         rows.append(
             f"<tr><td><a href='{html.escape(link)}'>{html.escape(folder.name)}</a></td>"
             f"<td class='{status['status']}'>{status['status']}</td><td>{status.get('profile', '')}</td>"
@@ -322,6 +394,11 @@ def write_index(out: str | Path) -> Path:
 <h1>osteo_tf study reports</h1>
 <p>Each row is one notebook run (papermill) with its HTML report. Headline metrics are on the held-out test split with
 patient-level bootstrap 95% CIs; the paper's figure is shown beside ours. Synthetic data says nothing clinical.</p>
+<p>Forest plots: blue, our estimate with its 95% CI; red diamond, the paper's figure (for the paper's headline model
+when this run trained a lighter one); right panel, the paper's comparison as a paired, patient-level bootstrap effect
+(b minus a, same test patients) beside the paper's difference (none where the paper reports no such comparison).</p>
+{''.join(figures)}
+<h2>All runs</h2>
 <table><tr><th>study</th><th>status</th><th>profile</th><th>time</th><th>headline (ours vs paper)</th></tr>
 {''.join(rows)}
 </table></body></html>

@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from osteo_tf._warnings import KERAS_PREDICT_FUNCTION, RAN_OUT_OF_DATA, quiet, quiet_retracing
+from osteo_tf._warnings import RAN_OUT_OF_DATA, quiet
 
 log = logging.getLogger(__name__)
 
@@ -696,15 +697,66 @@ def strategy_scope(strategy):
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
-def predict_proba(model, ds) -> np.ndarray:
-    """Class probabilities (N, C) for a dataset; a single-sigmoid model becomes (N, 2).
+_FORWARD: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
-    Keras' "ran out of data" note (unknown-cardinality pipelines, see :func:`train`) and
-    TensorFlow's retracing notice about Keras' predict step (one per model, counted together
-    across the models of a study: ``_warnings.KERAS_PREDICT_FUNCTION``) are expected and hidden.
+
+def _forward(model_ref, channels: int, scale, x):
+    import tensorflow as tf
+
+    if channels != x.shape[-1]:
+        x = tf.repeat(x, channels, axis=-1)
+    if scale is not None:
+        x = scale(x)
+    return model_ref()(x, training=False)
+
+
+def compiled_forward(model, *, grey_input: bool = False, scale=None):
+    """The model's inference forward pass as ONE compiled ``tf.function`` that traces once.
+
+    Its input signature is relaxed to any batch size (``(None, H, W, C)``, float32), so every
+    batch, the last smaller one included, reuses the first trace: no retracing.  ``grey_input``:
+    the function takes one grey channel and repeats it to the model's channel count inside the
+    graph; ``scale`` (a tensor function, e.g. ``spec.preprocess``) is applied inside the graph.
+    One function per (model, grey_input, scale), cached weakly on the model (it does not keep the
+    model alive). It is built on a ``functools.partial`` bound to the model, so TensorFlow keeps
+    its tracing statistics per model: its frequent-retracing detector keys on the Python
+    function's code object, which one nested ``def`` would share between every model of a study
+    (one first trace per model then counts as retracing).
     """
-    with quiet(RAN_OUT_OF_DATA), quiet_retracing(KERAS_PREDICT_FUNCTION):
-        p = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+    import functools
+
+    import tensorflow as tf
+
+    per_model = _FORWARD.setdefault(model, {})
+    key = (bool(grey_input), scale)
+    fn = per_model.get(key)
+    if fn is None:
+        shape = tuple(model.inputs[0].shape)
+        channels = int(shape[-1])
+        spec = tf.TensorSpec((None, *shape[1:-1], 1 if grey_input else channels), tf.float32)
+        fn = tf.function(functools.partial(_forward, weakref.ref(model), channels, scale), input_signature=[spec],
+                         autograph=False)
+        per_model[key] = fn
+    return fn
+
+
+def predict_proba(model, ds, *, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, C) for a dataset (``(x, y)`` or ``x`` batches) or an array of
+    model-ready images; a single-sigmoid model becomes (N, 2).
+
+    Runs the model's :func:`compiled_forward` (one trace per model, whatever the batch sizes),
+    not Keras' ``predict``, whose predict step traces again for the last, smaller batch.
+    Arrays are cut into batches of ``batch_size``.
+    """
+    import tensorflow as tf
+
+    fn = compiled_forward(model)
+    if isinstance(ds, np.ndarray):
+        batches = (ds[i:i + batch_size] for i in range(0, len(ds), batch_size))
+    else:
+        batches = (b[0] if isinstance(b, (tuple, list)) else b for b in ds)
+    out = [np.asarray(fn(tf.cast(x, tf.float32)), dtype=np.float64) for x in batches]
+    p = np.concatenate(out, axis=0) if out else np.zeros((0, int(model.outputs[0].shape[-1])))
     if p.ndim == 2 and p.shape[1] == 1:
         p = np.concatenate([1 - p, p], axis=1)
     return p
@@ -721,5 +773,5 @@ __all__ = [
     "TrainResult", "TrainingDivergedError", "split_head", "extract_features", "train_head_on_features",
     "SSL_OBJECTIVE", "rotation_pretext", "transfer_weights", "configure_precision", "cpu_strategy",
     "default_strategy", "STRATEGIES", "BATCH_RULE", "make_strategy", "replicas", "scale_recipe", "strategy_scope",
-    "predict_proba", "is_finite_history",
+    "compiled_forward", "predict_proba", "is_finite_history",
 ]

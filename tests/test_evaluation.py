@@ -535,3 +535,98 @@ def test_format_interval_and_bad_arguments():
         ev.format_estimate(0.5, digits=-1)
     with pytest.raises(TypeError, match="Received: lo=None"):
         ev.format_interval(None, 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# paired_effect: the difference of two arms on the same patients
+# --------------------------------------------------------------------------------------------
+def _arm(y, score, groups, threshold=0.5):
+    return {"y_true": np.asarray(y), "y_prob": np.asarray(score, float), "groups": np.asarray(groups),
+            "threshold": threshold}
+
+
+def _paired_data(n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    groups = np.array([f"p{i}" for i in range(n)])
+    good = np.clip(0.5 + (y - 0.5) * 0.6 + rng.normal(0, 0.15, n), 0, 1)
+    weak = np.clip(0.5 + (y - 0.5) * 0.1 + rng.normal(0, 0.25, n), 0, 1)
+    return y, groups, good, weak
+
+
+def test_paired_effect_of_identical_arms_is_exactly_zero():
+    y, groups, good, _ = _paired_data()
+    for metric in ("auc", "balanced_accuracy", "accuracy"):
+        out = ev.paired_effect(_arm(y, good, groups), _arm(y, good, groups), metric=metric, n_boot=1000)
+        assert out["effect"] == 0.0 and out["ci95"] == [0.0, 0.0], (metric, out)
+        assert out["n_groups"] == 80 and out["n_boot"] == 1000
+
+
+def test_paired_effect_of_a_better_model_is_positive_and_reversing_flips_the_sign():
+    y, groups, good, weak = _paired_data()
+    out = ev.paired_effect(_arm(y, weak, groups), _arm(y, good, groups), metric="auc", n_boot=1000, seed=3)
+    ref_good = ev.binary_metrics(y, good)["auc"]
+    ref_weak = ev.binary_metrics(y, weak)["auc"]
+    assert out["a"] == pytest.approx(ref_weak) and out["b"] == pytest.approx(ref_good)
+    assert out["effect"] == pytest.approx(ref_good - ref_weak)
+    assert 0 < out["ci95"][0] <= out["effect"] <= out["ci95"][1]
+    assert out["p_not_positive"] < 0.01
+    back = ev.paired_effect(_arm(y, good, groups), _arm(y, weak, groups), metric="auc", n_boot=1000, seed=3)
+    assert back["ci95"] == pytest.approx([-out["ci95"][1], -out["ci95"][0]])
+    again = ev.paired_effect(_arm(y, weak, groups), _arm(y, good, groups), metric="auc", n_boot=1000, seed=3)
+    assert again == out, "seeded"
+
+
+def test_paired_effect_is_narrower_than_unpaired_for_correlated_arms():
+    """Pairing removes the patients' shared difficulty: two close models give a tight interval."""
+    y, groups, _, weak = _paired_data()
+    rng = np.random.default_rng(1)
+    close = np.clip(weak + rng.normal(0, 0.02, weak.size), 0, 1)
+    out = ev.paired_effect(_arm(y, weak, groups), _arm(y, close, groups), metric="auc", n_boot=1000)
+    single = ev.bootstrap_ci(y, weak, groups=groups, metrics=("auc",), n_boot=1000)["auc"]
+    assert 0 < (out["ci95"][1] - out["ci95"][0]) < 0.5 * (single[1] - single[0])
+
+
+def test_paired_effect_uses_each_arms_threshold_and_resamples_patients():
+    y, groups, good, _ = _paired_data()
+    # arm b: the same scores shifted down, with its threshold shifted alike -> identical decisions
+    shifted = np.clip(good - 0.2, 0, 1)
+    out = ev.paired_effect(_arm(y, good, groups, 0.5), _arm(y, shifted, groups, 0.3),
+                                   metric="balanced_accuracy", n_boot=500)
+    same = np.array_equal(good >= 0.5, shifted >= 0.3)
+    assert same and out["effect"] == 0.0 and out["ci95"] == [0.0, 0.0]
+    # several images per patient: the arms are resampled by patient
+    y2, g2 = np.repeat(y, 3), np.repeat(groups, 3)
+    out2 = ev.paired_effect(_arm(y2, np.repeat(good, 3), g2), _arm(y2, np.repeat(shifted, 3), g2),
+                                    metric="auc", n_boot=200)
+    assert out2["n_groups"] == 80
+
+
+def test_paired_effect_refuses_or_pairs_different_patients():
+    y, groups, good, weak = _paired_data()
+    a = _arm(y[:60], weak[:60], groups[:60])
+    b = _arm(y[20:], good[20:], groups[20:])
+    with pytest.raises(ValueError, match=r"different patients \(20 only in a, 20 only in b, 40 shared\).*pairing='shared'"):
+        ev.paired_effect(a, b, metric="auc", n_boot=100)
+    out = ev.paired_effect(a, b, metric="auc", n_boot=200, pairing="shared")
+    assert out["n_groups"] == 40 and out["n_only_a"] == 20 and out["n_only_b"] == 20
+    ref = ev.binary_metrics(y[20:60], good[20:60])["auc"] - ev.binary_metrics(y[20:60], weak[20:60])["auc"]
+    assert out["effect"] == pytest.approx(ref)
+    with pytest.raises(ValueError, match="share no test patient"):
+        ev.paired_effect(_arm(y[:40], good[:40], groups[:40]), _arm(y[40:], good[40:], groups[40:]),
+                                 pairing="shared")
+    with pytest.raises(ValueError, match="pairing must be one of"):
+        ev.paired_effect(a, b, pairing="loose")
+    with pytest.raises(ValueError, match="unknown|metric"):
+        ev.paired_effect(a, a, metric="nonsense")
+
+
+def test_paired_effect_multiclass():
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1, 2], 30)
+    groups = np.arange(90).astype(str)
+    sharp = np.eye(3)[y] * 0.7 + rng.dirichlet([1, 1, 1], 90) * 0.3
+    noise = rng.dirichlet([1, 1, 1], 90)
+    out = ev.paired_effect(_arm(y, noise, groups), _arm(y, sharp, groups), metric="balanced_accuracy",
+                                   n_boot=500)
+    assert out["ci95"][0] > 0.3

@@ -109,6 +109,11 @@ def test_html_report_is_self_contained_and_complete(smoke_reports, study):
     assert metrics["results"], "at least one result"
     for r in metrics["results"]:
         assert 0.0 <= r["accuracy"] <= 1.0
+        assert 0.0 <= r["balanced_accuracy"] <= 1.0
+    if study[:2] in ("01", "02", "03", "04", "05"):
+        assert html.index("The claim") < html.index("Parameters, versions and data provenance"), "opens with its claim"
+        assert metrics["claims"] and all(c["verdict"] for c in metrics["claims"])
+        assert metrics["floor"] and all(f["model"] == "logistic regression (texture + intensity)" for f in metrics["floor"])
 
 
 @pytest.mark.parametrize("study", study_names())
@@ -214,3 +219,45 @@ def test_predict_and_evaluate_run_on_a_bundle_of_the_smoke_study(smoke_reports, 
     assert ev["record"]["n_test_images"] == len(list(ext.rglob("*.png")))
     assert (tmp_path / "ev" / "predictions.csv").is_file() and ev["reliability"]
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_claim_cells_open_the_report_in_their_order():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# title"), nbformat.v4.new_code_cell("setup"),
+                nbformat.v4.new_code_cell("train"), nbformat.v4.new_markdown_cell("## The claim"),
+                nbformat.v4.new_code_cell("claims"), nbformat.v4.new_code_cell("finish")]
+    for c in nb.cells[3:5]:
+        c.metadata["tags"] = [reports.CLAIM_TAG]
+    assert reports.claim_first(nb) == 2
+    assert [c.source for c in nb.cells] == ["# title", "## The claim", "claims", "setup", "train", "finish"]
+    assert reports.claim_first(nbformat.v4.new_notebook()) == 0
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "05")],
+                         ids=lambda p: p.stem)
+def test_study_notebooks_compute_their_claim_before_metrics_are_written(path):
+    nb = nbformat.read(str(path), as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if reports.CLAIM_TAG in c.metadata.get("tags", [])]
+    assert len(tagged) == 2 and nb.cells[tagged[0]].cell_type == "markdown"
+    assert "experiments.claim(" in nb.cells[tagged[1]].source and "floor_table" in nb.cells[tagged[1]].source
+    finish = next(i for i, c in enumerate(nb.cells) if "experiments.finish(" in c.source)
+    assert tagged[1] < finish, "metrics.json records the claims and the floor"
+
+
+def test_index_shows_a_forest_plot_per_study_before_the_table(tmp_path):
+    folder = tmp_path / "05-knee-explanations"
+    folder.mkdir()
+    (folder / "status.json").write_text(json.dumps({"status": "ok", "profile": "quick", "seconds": 3}))
+    rec = {"experiment": "original", "model": "compact_cnn", "protocol": "clean", "accuracy": 0.7, "auc": 0.8,
+           "ci95": {"accuracy": [0.6, 0.8], "auc": [0.7, 0.9]}}
+    claim = {"claim": "masked vs original", "metric": "accuracy", "primary": True, "effect": 0.05,
+             "ci95": [-0.05, 0.15], "paper": 0.149}
+    (folder / "metrics.json").write_text(json.dumps({"results": [rec], "claims": [claim, {**claim, "primary": False}],
+                                                     "data": {"classes": {"normal": 1, "osteoporosis": 1}}}))
+    headline, claims = reports.forest_rows(STUDIES["05-knee-explanations"], json.loads((folder / "metrics.json").read_text()))
+    assert [(h["metric"], h["value"], h["paper"]) for h in headline] == [("accuracy", 0.7, 0.77), ("auc", 0.8, None)]
+    assert "vs paper's efficientnetb0" in headline[0]["label"]
+    assert claims == [claim]
+    index = reports.write_index(tmp_path).read_text()
+    assert index.count("<img alt='forest plot' src='data:image/png;base64,") == 1
+    assert index.index("forest plot") < index.index("<table>")

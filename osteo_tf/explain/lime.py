@@ -6,10 +6,8 @@ conversion, and our own neighbourhood sampler (``_BatchedLimeImageExplainer``): 
 draws as lime's, perturbations built vectorized, predictions in large batches and no tqdm
 progress bar (lime 0.2.0.1 has no ``progress_bar`` switch: its bar is unconditional).
 :class:`ModelPredictor` is the ``classifier_fn`` for a Keras model: one compiled forward
-function that repeats the grey channel and applies the model's input scaling inside the graph.
-TensorFlow's "frequent retracing" notice about that function (it counts the traces of every
-model's forward function together) is dropped while a :class:`ModelPredictor` predicts, and only
-there.
+function (``training.compiled_forward``: traced once per model, whatever the batch size) that
+repeats the grey channel and applies the model's input scaling inside the graph.
 
 This module is ``osteo_tf.explain.lime``; ``import lime`` inside it is an absolute import and
 resolves to the third-party ``lime`` package.
@@ -17,13 +15,12 @@ resolves to the third-party ``lime`` package.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from osteo_tf._warnings import quiet_retracing
+from osteo_tf import training
 from osteo_tf.explain._common import probabilities
 
 SEGMENTATIONS = ("slic", "quickshift")
@@ -133,47 +130,12 @@ def make_segmentation_fn(segmentation: tuple[str, Mapping] | Callable = DEFAULT_
     return fn
 
 
-_FORWARD: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-
-LIME_FORWARD_FUNCTION = "_compiled_forward.<locals>.forward"
-"""The qualified name of :func:`_compiled_forward`'s function, as TensorFlow's retracing notice
-prints it: one ``tf.function`` per model, each traced once per input shape, so TensorFlow's
-per-code-object count reaches its "frequent retracing" notice with several models (k-fold
-mask models), although no function retraces per call."""
-
-
-def _compiled_forward(model: Any, *, channels: int, scale: Callable | None = None):
-    """One ``tf.function`` per (model, channels, scale), cached weakly on the model: explaining
-    many images traces once. The function takes ONE grey channel, repeats it to ``channels``
-    and applies ``scale`` inside the graph (``scale`` must accept tensors, e.g.
-    ``osteo_tf.models.scale_images``; registry models need none: they take the grey channel and
-    scale it in their own graph)."""
-    import tensorflow as tf
-
-    per_model = _FORWARD.setdefault(model, {})
-    key = (channels, scale)
-    fn = per_model.get(key)
-    if fn is None:
-        ref = weakref.ref(model)  # the cached function must not keep the model alive
-
-        def forward(x):
-            x = tf.repeat(x, channels, axis=-1) if channels != 1 else x
-            if scale is not None:
-                x = scale(x)
-            return ref()(x, training=False)
-
-        fn = tf.function(forward, reduce_retracing=True)
-        per_model[key] = fn
-    return fn
-
-
 class ModelPredictor:
     """A lime ``classifier_fn`` (and batch predictor) for a Keras model.
 
     Takes (n, H, W, 3) RGB batches whose channels are identical (lime converts grey to RGB) or
     (n, H, W, 1) grey batches, keeps ONE channel (the grey image in [0, 1]), and predicts in
-    chunks of ``batch_size`` with one compiled ``tf.function`` (traced once per input shape)
+    chunks of ``batch_size`` with one compiled ``tf.function`` (traced once per model)
     that repeats the channel to the model's channel count and applies ``scale`` (the model's
     input scaling outside the model, if any; registry models scale inside and need none). Returns (n, C) probabilities
     (single sigmoid -> [1 - p, p]).
@@ -190,13 +152,12 @@ class ModelPredictor:
             raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
         self.model, self.scale, self.batch_size = model, scale, int(batch_size)
         self.channels = int(model.inputs[0].shape[-1])
-        self._forward = _compiled_forward(model, channels=self.channels, scale=scale)
+        self._forward = training.compiled_forward(model, grey_input=True, scale=scale)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         grey = np.asarray(rgb, dtype=np.float32)
         grey = grey[..., :1] if grey.ndim == 4 else grey[..., None]
-        with quiet_retracing(LIME_FORWARD_FUNCTION):
-            out = [np.asarray(self._forward(grey[i:i + self.batch_size])) for i in range(0, len(grey), self.batch_size)]
+        out = [np.asarray(self._forward(grey[i:i + self.batch_size])) for i in range(0, len(grey), self.batch_size)]
         return probabilities(np.concatenate(out, axis=0))
 
 

@@ -200,20 +200,9 @@ def hash_sanity_check(image: np.ndarray, *, seed: int = 0) -> pd.DataFrame:
 # intensity statistics and baselines
 
 
-def intensity_features(image: np.ndarray) -> np.ndarray:
-    """Mean, SD and the 5 / 25 / 50 / 75 / 95th percentiles of the grey values."""
-    img = np.asarray(image, np.float64)
-    return np.r_[img.mean(), img.std(), np.percentile(img, [5, 25, 50, 75, 95])]
-
-
-def texture_features(image: np.ndarray) -> np.ndarray:
-    """The generator's variogram texture features (``synthetic.texture_features``), NaN-safe."""
-    from osteo_tf import synthetic
-
-    try:
-        return synthetic.texture_features(np.asarray(image, np.float64))
-    except ValueError:
-        return np.full(len(synthetic.TEXTURE_FEATURES), np.nan)
+# The baseline's features live in ``experiments``: every study's texture floor uses them too.
+intensity_features = experiments.intensity_features
+texture_features = experiments.texture_features
 
 
 FEATURE_SETS = ("intensity only", "texture + intensity")

@@ -242,3 +242,40 @@ def leakage_gap(records: Sequence[dict], *, metric: str = "accuracy") -> pd.Data
                      else round(100 * (r[metric] - c[metric]), 1),
                      "CIs overlap": overlap})
     return pd.DataFrame(rows)
+
+
+def claims(ctx: Context, settings: Settings) -> list[experiments.Comparison]:
+    """The paper's comparisons this run can test, and the texture floor of the headline result.
+
+    Per model of the run: the last augmented set against the originals N (clean protocol, same
+    test patients), and the paper protocol against the clean one on the patients both tested
+    (the paper protocol tests augmented copies, so the arms are paired on their shared patients).
+    The headline (the first model on the last set, clean protocol) is also compared with the
+    texture-feature floor fitted on its own split (:func:`experiments.texture_floor`).
+    """
+    last = "C" if "C" in settings.sets else settings.sets[-1]
+    exp = EXPERIMENT_OF_SET[last]
+    paper_models = ("alexnet", "googlenet", "resnet50", "mobilenetv2", "inceptionv3")
+    out = []
+    for m in settings.models:
+        if "N" in settings.sets and last != "N":
+            pa, pb = experiments.paper_value(STUDY, "E1", m, "accuracy"), experiments.paper_value(STUDY, exp, m, "accuracy")
+            if pa is not None and pb is not None:
+                paper, note = pb - pa, f"{m}, {exp} minus E1 accuracy."
+            else:
+                diffs = [experiments.paper_value(STUDY, exp, p, "accuracy") - experiments.paper_value(STUDY, "E1", p, "accuracy")
+                         for p in paper_models]
+                paper, note = float(np.mean(diffs)), f"mean over its five transfer models of {exp} minus E1 accuracy ({m} is not one of them)."
+            out.append(experiments.Comparison(f"augmented set {last} vs originals N ({m})", ("E1", m, "clean"),
+                                              (exp, m, "clean"), paper=paper, paper_note=note))
+        ref = float(np.mean([experiments.paper_value(STUDY, exp, p, "accuracy") for p in paper_models]))
+        out.append(experiments.Comparison(
+            f"paper protocol vs clean protocol, set {last} ({m})", (exp, m, "clean"), (exp, m, "paper"),
+            pairing="shared",
+            paper_note=f"the paper ran only its own protocol ({exp} accuracy {ref:.3f}, mean of its five models)."))
+    head = (exp, settings.models[0], "clean")
+    if head in ctx.predictions:
+        floor = experiments.texture_floor(ctx, head)
+        out.append(experiments.Comparison(f"{settings.models[0]} vs the texture floor, set {last}", tuple(floor["key"]),
+                                          head, paper_note="the paper has no such baseline."))
+    return out

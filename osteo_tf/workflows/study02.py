@@ -608,3 +608,17 @@ def backbone_note(S: Settings) -> str:
             f"profile's CPU budget: about 3 images/s at 224 px on 2 cores).{why} The results are recorded under the "
             f"real name ({S.model}); the paper table below lines them up with the paper's ResNet50 row and says "
             f"so. The `full` profile runs ResNet50 at 224 px.")
+
+
+def claims(ctx: Context, settings: Settings) -> list[experiments.Comparison]:
+    """BM3D against no denoising (same model, split and test patients), and the headline (BM3D)
+    against the texture-feature floor on its own split. The paper reports BM3D only."""
+    head = ("bm3d", settings.model, "clean")
+    out = [experiments.Comparison(
+        f"BM3D vs no denoising ({settings.model})", ("no-denoise", settings.model, "clean"), head,
+        paper_note="the paper reports only its BM3D model (accuracy 0.902), no run without denoising.")]
+    if head in ctx.predictions:
+        floor = experiments.texture_floor(ctx, head)
+        out.append(experiments.Comparison(f"{settings.model} (BM3D) vs the texture floor", tuple(floor["key"]), head,
+                                          paper_note="the paper has no such baseline."))
+    return out

@@ -499,10 +499,33 @@ def _accuracy(record: dict | None) -> str:
 
 
 def merge(contexts: dict[str, Context | None], *, extra: dict | None = None) -> Context:
-    """One context holding the results of both datasets (for paper_comparison and metrics.json);
+    """One context holding the results and test predictions of both datasets (for paper_comparison,
+    :func:`claims` and metrics.json);
     ``data`` is dataset A's, both datasets are described under ``extra["datasets"]``."""
     present = {k: c for k, c in contexts.items() if c is not None}
     main = present["A"]
     results = [r for c in present.values() for r in c.results]
     datasets_info = {DATASETS[k]: {**c.data, "class_names": list(c.class_names)} for k, c in present.items()}
-    return replace(main, results=results, extra={**main.extra, "datasets": datasets_info, **(extra or {})})
+    predictions = {k: v for c in present.values() for k, v in c.predictions.items()}
+    return replace(main, results=results, predictions=predictions,
+                   extra={**main.extra, "datasets": datasets_info, **(extra or {})})
+
+
+def claims(ctx: Context, settings: Settings) -> list[experiments.Comparison]:
+    """Per dataset: the multi-branch CNN with same-domain pretraining against the same CNN from
+    scratch (same split and test patients), beside the paper's difference; and the pretrained
+    CNN against the texture-feature floor on its own split. ``ctx`` is the merged context
+    (:func:`merge`)."""
+    out = []
+    for key, exp in DATASETS.items():
+        a, b = (exp, MODEL, "clean"), (exp, PRETRAINED, "clean")
+        pa = experiments.paper_value(STUDY, exp, MODEL, "accuracy")
+        pb = experiments.paper_value(STUDY, exp, PRETRAINED, "accuracy")
+        out.append(experiments.Comparison(
+            f"dataset {key}: same-domain pretraining vs from scratch", a, b, paper=pb - pa,
+            paper_note=f"proposed CNN {pb:.4f} with pretraining, {pa:.4f} without ({exp})."))
+        if b in ctx.predictions:
+            floor = experiments.texture_floor(ctx, b)
+            out.append(experiments.Comparison(f"dataset {key}: pretrained CNN vs the texture floor", tuple(floor["key"]),
+                                              b, paper_note="the paper has no such baseline."))
+    return out

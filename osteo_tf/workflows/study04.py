@@ -583,3 +583,40 @@ def paper_records() -> list[dict]:
     from osteo_tf.studies import get_study
 
     return [dict(r) for r in get_study("04-dxa-tbs").paper]
+
+
+def claims(ctx: Context, settings: Settings) -> list[experiments.Comparison]:
+    """The paper's ranking of its approaches in AUC: approach 3 (small CNNs) above approach 1 (all
+    layers retrained) above approach 2 (head only), with the paper's differences for its headline
+    models (the first transfer model and the first small CNN of this run, when the paper has
+    them); and the approach-3 headline against the texture-feature floor on its own split."""
+    tm = settings.transfer_models[0] if settings.transfer_models else None
+    sm = settings.small_models[0] if settings.small_models else None
+
+    def paper(b, a):
+        pb, pa = experiments.paper_value(STUDY, *b[:2], "auc"), experiments.paper_value(STUDY, *a[:2], "auc")
+        if pb is None or pa is None:
+            return None, "the paper has no AUC for this pair."
+        return pb - pa, f"AUC {pb:.3f} ({b[0]} {b[1]}) vs {pa:.3f} ({a[0]} {a[1]})."
+
+    out = []
+    a1, a2 = ("approach1", tm, "clean"), ("approach2", tm, "clean")
+    a3 = ("approach3", sm, "clean")
+    extra = ("balanced_accuracy",)
+    if sm is not None and tm is not None:
+        p, note = paper(a3, a1)
+        out.append(experiments.Comparison(f"approach 3 ({sm}) vs approach 1 ({tm}, all layers)", a1, a3, metric="auc",
+                                          paper=p, paper_note=note, extra_metrics=extra))
+        p, note = paper(a3, a2)
+        out.append(experiments.Comparison(f"approach 3 ({sm}) vs approach 2 ({tm}, head only)", a2, a3, metric="auc",
+                                          paper=p, paper_note=note, extra_metrics=extra))
+    if tm is not None:
+        p, note = paper(a1, a2)
+        out.append(experiments.Comparison(f"approach 1 vs approach 2 ({tm}: all layers vs head only)", a2, a1,
+                                          metric="auc", paper=p, paper_note=note, extra_metrics=extra))
+    if a3 in ctx.predictions:
+        floor = experiments.texture_floor(ctx, a3)
+        out.append(experiments.Comparison(f"approach 3 ({sm}) vs the texture floor", tuple(floor["key"]), a3,
+                                          metric="auc", paper_note="the paper has no such baseline.",
+                                          extra_metrics=extra))
+    return out

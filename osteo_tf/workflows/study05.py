@@ -437,3 +437,35 @@ def sanity_extra(pointing: pd.DataFrame, rand: pd.DataFrame, masked: dict[str, d
 def out_path(ctx: Context, name: str) -> Path:
     """A file in the report folder."""
     return ctx.out_dir / name
+
+
+PAPER_HEADLINE_MODEL = "efficientnetb0"
+"""The paper's best model; a stand-in (a model the paper did not train) is compared with it."""
+
+
+def claims(ctx: Context, settings: Settings) -> list[experiments.Comparison]:
+    """Per masked model: retrained on the LIME-masked images against the same model on the
+    original images (the same test patients: the masked test images are the originals masked),
+    beside the paper's difference for that model, or, for a stand-in, for the paper's headline
+    model (EfficientNetB0), labelled as such; and the original headline against the
+    texture-feature floor on its own split."""
+    out = []
+    for m in settings.mask_models:
+        name = record_name(m)
+        pa = experiments.paper_value(STUDY, "original", name, "accuracy")
+        pb = experiments.paper_value(STUDY, "lime-masked", name, "accuracy")
+        if pa is not None and pb is not None:
+            note = f"{name}: accuracy {pb:.4f} masked vs {pa:.4f} original."
+        else:
+            pa = experiments.paper_value(STUDY, "original", PAPER_HEADLINE_MODEL, "accuracy")
+            pb = experiments.paper_value(STUDY, "lime-masked", PAPER_HEADLINE_MODEL, "accuracy")
+            note = (f"{name} is a stand-in (not a model of the paper); the paper's headline model "
+                    f"{PAPER_HEADLINE_MODEL}: accuracy {pb:.4f} masked vs {pa:.4f} original.")
+        out.append(experiments.Comparison(f"LIME-masked vs original images ({name})", ("original", name, "clean"),
+                                          ("lime-masked", name, "clean"), paper=pb - pa, paper_note=note))
+    head = ("original", record_name(settings.models[0]), "clean")
+    if head in ctx.predictions:
+        floor = experiments.texture_floor(ctx, head)
+        out.append(experiments.Comparison(f"{head[1]} (original images) vs the texture floor", tuple(floor["key"]), head,
+                                          paper_note="the paper has no such baseline."))
+    return out

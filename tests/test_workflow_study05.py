@@ -152,3 +152,20 @@ def test_original_vs_masked_table():
     assert list(t["experiment"]) == ["original", "lime-masked"]
     assert t["accuracy masked - original"].tolist() == [0.1, 0.1]
     assert t["accuracy"].iloc[0].startswith("0.600 [0.40, 0.80]")
+
+
+def test_paper_comparison_compares_a_stand_in_with_the_papers_headline_model(tmp_path):
+    from osteo_tf import experiments
+    from osteo_tf.config import get_profile
+
+    S = study05.Settings.for_profile("quick")
+    ctx = experiments.Context(study=study05.STUDY, profile=get_profile("quick"), seed=0, manifest=None,
+                              class_names=["normal", "osteoporosis"], data={"source": "synthetic:knee/default"},
+                              out_dir=tmp_path, image_size=96, epochs=1, settings=S)
+    ctx.results = [{"experiment": e, "model": "compact_cnn", "protocol": "clean", "accuracy": 0.7, "f1": 0.7,
+                    "sensitivity": 0.7, "ppv": 0.7, "ci95": {}} for e in ("original", "lime-masked")]
+    table = study05.paper_comparison(ctx, S)
+    assert len(table) and set(table["our model"]) == {"compact_cnn"}
+    assert set(table["paper model"]) == {"efficientnetb0 (compact_cnn is a stand-in)"}
+    acc = table[(table["metric"] == "accuracy") & (table["experiment"] == "lime-masked")]
+    assert acc["paper"].tolist() == [0.9189]

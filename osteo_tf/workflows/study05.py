@@ -469,3 +469,23 @@ def claims(ctx: Context, settings: Settings) -> list[experiments.Comparison]:
         out.append(experiments.Comparison(f"{head[1]} (original images) vs the texture floor", tuple(floor["key"]), head,
                                           paper_note="the paper has no such baseline."))
     return out
+
+
+def paper_comparison(ctx: Context, settings: Settings) -> pd.DataFrame:
+    """``experiments.paper_comparison`` with a row for every model this run trained: a paper model
+    against its own figures, a stand-in (a model the paper did not train, e.g. the quick profile's
+    ``compact_cnn``) against the paper's headline model (:data:`PAPER_HEADLINE_MODEL`), labelled
+    as a stand-in in the ``paper model`` column, so the table is never empty."""
+    from osteo_tf.studies import get_study
+
+    paper_rows = get_study(STUDY).paper
+    ours = {record_name(m) for m in settings.models}
+    rows = []
+    for name in sorted(ours):
+        own = [r for r in paper_rows if r["model"] == name]
+        source = own or [r for r in paper_rows if r["model"] == PAPER_HEADLINE_MODEL]
+        label = name if own else f"{PAPER_HEADLINE_MODEL} ({name} is a stand-in)"
+        rows += [{**r, "model": name, "paper_model": label} for r in source]
+    table = experiments.paper_comparison(ctx, paper=rows)
+    table.insert(2, "paper model", [next(p["paper_model"] for p in rows if p["model"] == m) for m in table["model"]])
+    return table.rename(columns={"model": "our model"})

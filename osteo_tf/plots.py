@@ -434,7 +434,7 @@ def study_forest(headline: Sequence[Mapping], claims: Sequence[Mapping] = (), *,
         ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set_title(name, fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

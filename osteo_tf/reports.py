@@ -330,7 +330,7 @@ def _figure_html(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return f"<img alt='forest plot' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["DIHEDRAL_TRANSFORMS", "HASH_BITS", "dhash", "dihedral", "hamming", "near_duplicate_pairs", "phash"]
+__all__ = ["COPY_HASH_BITS", "COPY_HASH_MIN_SIDE", "COPY_PROBE_MARGIN", "COPY_THRESHOLD", "DIHEDRAL_TRANSFORMS", "HASH_BITS", "copy_hashes", "copy_pairs", "dhash",
+           "dihedral", "hamming", "near_duplicate_pairs", "nearest_distances", "pack_hashes", "phash"]
 
 HASH_BITS = 64
 """Bits of :func:`phash` and :func:`dhash` with their default ``size=8`` (8 x 8)."""
@@ -193,3 +194,209 @@ def near_duplicate_pairs(hashes: np.ndarray, variants: np.ndarray, *, threshold:
     pairs = pd.DataFrame({"a": ii.astype(int), "b": jj.astype(int), "distance": best[ii, jj].astype(int),
                           "transform": [DIHEDRAL_TRANSFORMS[int(t)] for t in best_t[ii, jj]]}, columns=columns)
     return pairs, nearest
+
+
+# ----------------------------------------------------------------------------- copy detection at scale
+
+COPY_HASH_BITS = 128
+"""Bits of :func:`copy_hashes`: the 128 lowest frequencies (by ``u + v``) of a 16 x 16 DCT block."""
+
+COPY_THRESHOLD = 12
+"""The largest :func:`copy_hashes` distance (of 128 bits) that counts as a copy.
+
+Chosen between two measured distributions (CHANGELOG, issue 15; ``osteo-tf bench --only dedup``
+prints both): copies of synthetic knee / calcaneus / DXA radiographs made by flips, 90-degree
+rotations, brightness / contrast changes, JPEG re-encoding at quality 40-70 and rescaling by
+0.4-1.5 lie at most 9 bits from their source, while images of different patients lie at least
+20 bits apart."""
+
+COPY_HASH_MIN_SIDE = 32
+"""Images smaller than this (px, either side) get no copy hash: the hash works on a 64 x 64
+shrink, so a smaller image would be enlarged and every tiny gradient would look like every other.
+Such images are still compared pixel by pixel (``sha256``)."""
+
+COPY_PROBE_MARGIN = 0.03
+"""How close (as a share of the low-frequency AC energy) an orientation cue may come to its
+tipping point before both orientations are hashed (see :func:`copy_hashes`)."""
+
+_COPY_SIZE = 16
+_WORDS = COPY_HASH_BITS // 64
+
+
+def _reduce(image: np.ndarray, target: int) -> np.ndarray:
+    """Block-mean an image by the largest integer factor that keeps at least ``2 * target`` px per
+    side (centred crop of the remainder), so shrinking a large radiograph stays cheap."""
+    img = np.asarray(image, np.float64)
+    k = min(img.shape) // (2 * target)
+    if k < 2:
+        return img
+    h, w = (img.shape[0] // k) * k, (img.shape[1] // k) * k
+    top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+    img = img[top:top + h, left:left + w]
+    return img.reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+
+
+def _orientations(a: float, b: float, tol: float) -> list[tuple[bool, bool, bool]]:
+    """(transpose, flip left-right, flip up-down) choices that bring an image to its canonical
+    orientation, from its first horizontal (``a``) and vertical (``b``) DCT coefficients: transpose
+    when ``|b| > |a|``, then flip each axis whose coefficient is negative. A choice within ``tol``
+    of its tipping point is kept both ways."""
+    transposes = [abs(b) > abs(a)] if abs(abs(a) - abs(b)) > tol else [False, True]
+    out = []
+    for t in transposes:
+        x, y = (b, a) if t else (a, b)
+        lrs = [bool(x < 0)] if abs(x) > tol else [False, True]
+        uds = [bool(y < 0)] if abs(y) > tol else [False, True]
+        out += [(t, lr, ud) for lr in lrs for ud in uds]
+    return out
+
+
+def _zigzag(size: int, bits: int) -> np.ndarray:
+    uu, vv = np.divmod(np.arange(size * size), size)
+    return np.lexsort((np.maximum(uu, vv), uu + vv))[:bits]
+
+
+_ORDER = _zigzag(_COPY_SIZE, COPY_HASH_BITS)
+_SIGNS = (-1.0) ** np.arange(_COPY_SIZE)
+
+
+def copy_hashes(image: np.ndarray, *, margin: float = COPY_PROBE_MARGIN) -> np.ndarray:
+    """Perceptual hash of an image in its canonical orientation, which its 8 rotations / flips share.
+
+    The image is shrunk to 64 x 64 once (block mean, then the hashes' Gaussian-prefiltered
+    resize) and transformed by one 2-D DCT. A left-right flip negates the coefficients of odd
+    horizontal frequency, an up-down flip those of odd vertical frequency, and a transpose swaps
+    the axes, so each rotation / flip of the image is a sign pattern and a transpose of the same
+    coefficients. The canonical orientation makes the first horizontal and vertical coefficients
+    non-negative and the horizontal one the larger; the hash then compares the 128 lowest
+    frequencies (by ``u + v``) with the median of their AC part, as :func:`phash` does. Brightness
+    and contrast (a positive affine grey map) scale the AC coefficients and change neither the
+    orientation nor the bits; re-encoding and rescaling move them slightly. When a cue lies within
+    ``margin`` of its tipping point (a nearly symmetric image), both choices are hashed ("probes"),
+    so a copy is found whichever way its own cue tips.
+
+    Args:
+        image: (H, W) grey image, any real dtype and range.
+        margin: the ambiguity margin (share of the low-frequency AC energy).
+
+    Returns:
+        (P, 128) bool, 1 <= P <= 8 distinct hashes (P > 1 only for near-symmetric images);
+        (0, 128) for an image smaller than :data:`COPY_HASH_MIN_SIDE` or of constant value.
+    """
+    from scipy import fft as sfft
+
+    img = np.asarray(image, np.float64)
+    if img.ndim != 2 or img.size == 0:
+        raise ValueError(f"image must be a non-empty 2-D (H, W) array. Received: image.shape={np.shape(image)}")
+    if not 0.0 <= float(margin) < 1.0:
+        raise ValueError(f"margin must be in [0, 1). Received: margin={margin!r}")
+    empty = np.zeros((0, COPY_HASH_BITS), bool)
+    if min(img.shape) < COPY_HASH_MIN_SIDE:
+        return empty
+    n = 4 * _COPY_SIZE
+    small = _downsample(_reduce(img, n), (n, n))
+    coef = sfft.dctn(small - small.mean(), type=2, norm="ortho")[:_COPY_SIZE, :_COPY_SIZE]
+    scale = float(np.sqrt((coef.ravel()[_ORDER][1:] ** 2).sum()))
+    if not np.isfinite(scale) or scale <= 1e-9:
+        return empty
+    rows = []
+    for transpose, lr, ud in _orientations(float(coef[0, 1]), float(coef[1, 0]), margin * scale):
+        c = coef.T if transpose else coef
+        if lr:
+            c = c * _SIGNS[None, :]
+        if ud:
+            c = c * _SIGNS[:, None]
+        flat = c.ravel()[_ORDER]
+        rows.append(flat > np.median(flat[1:]))
+    return np.unique(np.stack(rows), axis=0)
+
+
+def pack_hashes(hashes: np.ndarray) -> np.ndarray:
+    """(N, 128) bool hashes as (N, 2) uint64 words (for :func:`copy_pairs`)."""
+    h = _as_hashes(hashes, "hashes")
+    if h.shape[1] != COPY_HASH_BITS:
+        raise ValueError(f"hashes must have {COPY_HASH_BITS} bits. Received: hashes.shape={h.shape}")
+    return np.packbits(h, axis=1).view(">u8").astype(np.uint64).reshape(len(h), _WORDS)
+
+
+def _check_words(words: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = np.ascontiguousarray(words, dtype=np.uint64)
+    own = np.asarray(owners, dtype=np.int64).ravel()
+    if w.ndim != 2 or w.shape[1] != _WORDS or len(own) != len(w):
+        raise ValueError(f"words must be an (M, {_WORDS}) uint64 array (pack_hashes) and owners (M,). "
+                         f"Received: words.shape={w.shape}, owners.shape={own.shape}")
+    return w, own
+
+
+def _distances(w: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+    d = np.bitwise_count(w[rows, None, 0] ^ w[None, cols, 0])
+    for k in range(1, _WORDS):
+        d += np.bitwise_count(w[rows, None, k] ^ w[None, cols, k])
+    return d
+
+
+def copy_pairs(words: np.ndarray, owners: np.ndarray, *, threshold: int = COPY_THRESHOLD,
+               block_elements: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of images with two hashes within ``threshold`` bits, in one vectorised pass.
+
+    The hashes are compared block by block, a block of rows against every later hash (XOR, then
+    ``np.bitwise_count``), so the work is the M x M / 2 comparisons of the M hashes while memory
+    stays about ``block_elements`` comparisons. No Python loop runs per pair.
+
+    Args:
+        words: (M, 2) uint64, the packed hashes (:func:`pack_hashes`) of all images; an image may
+            own several (:func:`copy_hashes` probes).
+        owners: (M,) int, the image each hash belongs to.
+        threshold: the largest Hamming distance that counts as a copy.
+        block_elements: comparisons held in memory at once.
+
+    Returns:
+        ``(a, b, distance)``: int arrays, one entry per image pair ``a < b`` (each pair once, with
+        its smallest distance), sorted by ``(a, b)``.
+    """
+    w, own = _check_words(words, owners)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) or not 0 <= threshold <= COPY_HASH_BITS:
+        raise ValueError(f"threshold must be an integer in [0, {COPY_HASH_BITS}]. Received: threshold={threshold!r}")
+    m = len(w)
+    found_a, found_b, found_d = [], [], []
+    start = 0
+    while start < m:
+        stop = min(m, start + max(1, block_elements // max(m - start, 1)))
+        d = _distances(w, slice(start, stop), slice(start, m))
+        ii, jj = np.nonzero(d <= threshold)
+        keep = jj > ii  # (row start + ii) < (start + jj): the upper triangle only
+        ii, jj = ii[keep], jj[keep]
+        if len(ii):
+            found_d.append(d[ii, jj].astype(np.int64))
+            found_a.append(own[ii + start])
+            found_b.append(own[jj + start])
+        start = stop
+    if not found_a:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    a, b, dist = np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_d)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keep = lo != hi
+    lo, hi, dist = lo[keep], hi[keep], dist[keep]
+    order = np.lexsort((dist, hi, lo))
+    lo, hi, dist = lo[order], hi[order], dist[order]
+    first = np.ones(len(lo), bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    return lo[first], hi[first], dist[first]
+
+
+def nearest_distances(words: np.ndarray, owners: np.ndarray, n: int, *,
+                      block_elements: int = 1 << 20) -> np.ndarray:
+    """(n,) int: each image's smallest hash distance to any OTHER image (``COPY_HASH_BITS + 1``
+    when it has no hash or no other image does). The same blocked pass as :func:`copy_pairs`."""
+    w, own = _check_words(words, owners)
+    best = np.full(n, COPY_HASH_BITS + 1, np.int64)
+    m = len(w)
+    start = 0
+    while start < m:
+        stop = min(m, start + max(1, block_elements // max(m, 1)))
+        d = _distances(w, slice(start, stop), slice(0, m)).astype(np.int64)
+        d[own[start:stop, None] == own[None, :]] = COPY_HASH_BITS + 1
+        np.minimum.at(best, own[start:stop], d.min(axis=1))
+        start = stop
+    return best

@@ -9,12 +9,27 @@ Three layouts are recognised, in this order:
 3. class folders, ``root/<class>/**/<image>``, possibly wrapped in any number of single folders
    (``root/Osteoporosis Knee X-ray/normal/N1.jpg``). Folder names go through
    :func:`canonical_label`. Non-image files directly in the class root (``patient details.xlsx``,
-   a README) are ignored; inside class folders they are quarantined with a reason.
+   a README) are ignored; inside class folders they are quarantined with a reason. Split folders
+   (``train``, ``val``, ``valid``, ``validation``, ``test`` in any case, at any depth above the
+   class folders: ``root/Train/Normal``, ``root/data/VAL/normal``) are merged: their class folders
+   become one set of classes and the uploader's split is kept in column ``source_split``
+   (``train`` / ``val`` / ``test``; ``""`` without split folders). A manifest's ``split`` or
+   ``source_split`` column fills the same column.
 
 Every candidate file is decoded once (:func:`osteo_tf.io.load_xray_with_info`, in a small thread
 pool, results in a deterministic order). A file that cannot be used goes to the quarantine
 table with a reason; one bad file never stops the scan and none is dropped silently.
 Pixel-identical images (same :func:`osteo_tf.io.pixel_sha256`) are listed as duplicates.
+
+Copies are found in the same pass: every image gets :func:`copy_hashes` (a perceptual hash of its
+canonical orientation, so the 8 rotations / flips share it; robust to brightness / contrast,
+re-encoding and rescaling), all hashes are compared at once (:func:`copy_pairs`, vectorised) and
+images within :data:`COPY_THRESHOLD` bits, or pixel-identical, are joined into copy groups
+(connected components). A copy group whose images all carry one label is kept, and its images
+get one ``group`` (their patients' groups are merged), so a split keeps them together; its
+members share column ``copy_group``. A copy group filed under two or more labels is a label
+conflict: every member is quarantined with a reason naming its twin ("pixel-identical to
+val/Normal/X001.png, filed as normal"), so it is never trained or tested on.
 
 Near-duplicates (copies that were flipped, rotated, re-exposed, re-encoded or rescaled) are found
 with perceptual hashes: :func:`phash` and :func:`dhash` of an image, :func:`dihedral` for its 8
@@ -34,9 +49,24 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from osteo_tf._phash import DIHEDRAL_TRANSFORMS, HASH_BITS, dhash, dihedral, hamming, near_duplicate_pairs, phash
+from osteo_tf._phash import (
+    COPY_HASH_BITS,
+    COPY_THRESHOLD,
+    DIHEDRAL_TRANSFORMS,
+    HASH_BITS,
+    copy_hashes,
+    copy_pairs,
+    dhash,
+    dihedral,
+    hamming,
+    near_duplicate_pairs,
+    nearest_distances,
+    pack_hashes,
+    phash,
+)
 from osteo_tf.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -48,17 +78,24 @@ from osteo_tf.io import (
 )
 
 __all__ = [
+    "COPY_HASH_BITS",
+    "COPY_THRESHOLD",
     "DIHEDRAL_TRANSFORMS",
     "HASH_BITS",
     "Dataset",
     "DatasetError",
     "canonical_label",
+    "canonical_split",
+    "copy_hashes",
+    "copy_pairs",
     "dhash",
     "dihedral",
     "find_dataset",
     "format_summary",
     "hamming",
     "near_duplicate_pairs",
+    "nearest_distances",
+    "pack_hashes",
     "phash",
     "rooted",
 ]
@@ -72,14 +109,25 @@ _ALIASES: dict[str, str] = {
 _JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
 _SKIP_DIRS = {"__macosx"}
 _MAX_WRAPPER_DEPTH = 16
-_COLUMNS = ["path", "relpath", "label", "group", "sha256", "height", "width", "bit_depth", "format"]
-_QUARANTINE_COLUMNS = ["path", "relpath", "label", "reason"]
-_TEXT_COLUMNS = {"path", "label", "label_name", "group", "patient_id", "image_id"}
+_SPLITS: dict[str, str] = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_COLUMNS = ["path", "relpath", "label", "group", "sha256", "height", "width", "bit_depth", "format", "source_split",
+            "copy_group"]
+_QUARANTINE_COLUMNS = ["path", "relpath", "label", "reason", "kind"]
+_PAIR_COLUMNS = ["a", "b", "distance", "pixel_identical"]
+_TEXT_COLUMNS = {"path", "label", "label_name", "group", "patient_id", "image_id", "split", "source_split"}
 _KEY_COLUMNS = _TEXT_COLUMNS | {"tbs"}
 
 
 class DatasetError(ValueError):
     """The dataset root cannot be used at all (missing, empty, or a malformed manifest)."""
+
+
+def canonical_split(name: str) -> str | None:
+    """``"train"``, ``"val"`` or ``"test"`` for a split folder's name (``Train``, ``VAL``,
+    ``valid``, ``Validation``, ``TEST``: any case, spaces / underscores / hyphens ignored), else None."""
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a str. Received: name={name!r}")
+    return _SPLITS.get(re.sub(r"[\s_\-]+", "", name.lower()))
 
 
 def canonical_label(name: str) -> str:
@@ -117,10 +165,21 @@ class Dataset:
         root: the folder (or the manifest's folder) all ``relpath`` values are relative to.
         manifest: one row per readable image: path (absolute), relpath, label, group, sha256,
             height, width, bit_depth, format, then any extra manifest columns.
-        quarantine: one row per unusable file: path, relpath, label (or None), reason.
-        duplicates: groups (size >= 2) of relpaths of pixel-identical images.
+            ``source_split`` is the uploader's split folder (``""`` when none), ``copy_group`` the
+            first relpath of the image's copy group (``""`` when it has no copy).
+        quarantine: one row per unusable file: path, relpath, label (or None), reason, kind
+            (``"unreadable"`` or ``"conflict"``).
+        duplicates: groups (size >= 2) of relpaths of pixel-identical images (quarantined
+            conflicts included).
         source: ``"folders"``, ``"manifest"`` or ``"synthetic"``.
         label_provenance: where the labels came from, for reports.
+        copies: every copy group (size >= 2, relpaths; pixel-identical and conflicting ones
+            included), whole.
+        conflicts: the copy groups filed under more than one label (all quarantined).
+        copy_pairs: the pairs behind the groups: ``a``, ``b`` (relpaths), ``distance`` (bits of
+            :data:`COPY_HASH_BITS`), ``pixel_identical``.
+        nearest: each readable image's hash distance to its nearest other image (index relpath),
+            for reports of how far distinct images lie apart.
     """
 
     root: Path
@@ -129,6 +188,30 @@ class Dataset:
     duplicates: list[list[str]] = field(default_factory=list)
     source: str = "folders"
     label_provenance: str = ""
+    copies: list[list[str]] = field(default_factory=list)
+    conflicts: list[list[str]] = field(default_factory=list)
+    copy_pairs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_PAIR_COLUMNS))
+    nearest: pd.Series = field(default_factory=lambda: pd.Series(dtype="int64"))
+    split_of: dict[str, str] = field(default_factory=dict)
+    """The uploader's split folder of every readable image (conflicts included), by relpath."""
+
+    @property
+    def unreadable(self) -> pd.DataFrame:
+        """The quarantined files that could not be read (not the label conflicts)."""
+        return self.quarantine[self.quarantine["kind"] != "conflict"]
+
+    def source_splits(self) -> dict[str, int]:
+        """Readable images per uploader's split folder (conflicts included); ``{}`` without any."""
+        counts: dict[str, int] = {}
+        for name in self.split_of.values():
+            if name:
+                counts[name] = counts.get(name, 0) + 1
+        order = {"train": 0, "val": 1, "test": 2}
+        return dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
+
+    def split_leaks(self) -> list[list[str]]:
+        """Copy groups whose images sit in more than one of the uploader's split folders."""
+        return [g for g in self.copies if len({self.split_of.get(r, "") for r in g} - {""}) > 1]
 
     @property
     def classes(self) -> list[str]:
@@ -150,6 +233,7 @@ class Dataset:
                 "min_width": int(m["width"].min()),
                 "max_width": int(m["width"].max()),
             }
+        unreadable = self.unreadable
         return {
             "root": str(self.root),
             "source": self.source,
@@ -157,11 +241,16 @@ class Dataset:
             "n_images": int(len(m)),
             "n_groups": int(m["group"].nunique()),
             "classes": dict(sorted(counts.items())),
-            "n_unreadable": int(len(self.quarantine)),
-            "unreadable": [
-                {"path": str(r.relpath), "reason": str(r.reason)} for r in self.quarantine.itertuples()
-            ],
+            "n_unreadable": int(len(unreadable)),
+            "unreadable": [{"path": str(r.relpath), "reason": str(r.reason)} for r in unreadable.itertuples()],
+            "n_quarantined": int(len(self.quarantine)),
+            "quarantined": [{"path": str(r.relpath), "reason": str(r.reason)} for r in self.quarantine.itertuples()],
             "duplicates": [list(g) for g in self.duplicates],
+            "near_duplicates": [list(g) for g in self.copies],
+            "conflicts": [list(g) for g in self.conflicts],
+            "source_splits": self.source_splits(),
+            "source_split_leaks": self.split_leaks(),
+            "copy_threshold": f"{COPY_THRESHOLD} of {COPY_HASH_BITS} bits",
             "bit_depths": {str(k): int(v) for k, v in sorted(m["bit_depth"].value_counts().items())},
             "formats": {str(k): int(v) for k, v in sorted(m["format"].value_counts().items())},
             "sizes": sizes,
@@ -176,6 +265,7 @@ class _Entry:
     group: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     reject: str | None = None  # set when the file must not even be opened
+    split: str = ""  # the uploader's split folder (canonical name), "" when none
 
 
 def find_dataset(
@@ -232,10 +322,15 @@ def find_dataset(
         source, provenance = "synthetic", "synthetic generator metadata.csv (latent class of each patient)"
     else:
         base = root_path
-        entries, class_root = _folder_entries(root_path)
+        entries, class_roots = _folder_entries(root_path)
         source = "folders"
-        where = class_root.relative_to(root_path).as_posix()
-        provenance = "class folder names" + ("" if where == "." else f" under {where}/")
+        wheres = [r.relative_to(root_path).as_posix() for r in class_roots]
+        if wheres == ["."]:
+            provenance = "class folder names"
+        else:
+            provenance = "class folder names under " + ", ".join(f"{w}/" if w != "." else "./" for w in wheres)
+        if any(e.split for e in entries):
+            provenance += " (the uploader's split folders are merged and kept as column source_split)"
     if source == "folders" and not any(e.reject is None for e in entries):
         others = f"; found {len(entries)} other file(s)" if entries else ""
         raise DatasetError(
@@ -277,11 +372,30 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("Bit depths: " + ", ".join(f"{k}-bit: {v}" for k, v in summary["bit_depths"].items()))
     if summary.get("formats"):
         lines.append("Formats: " + ", ".join(f"{k}: {v}" for k, v in summary["formats"].items()))
+    if summary.get("source_splits"):
+        lines.append("Uploader's split folders (merged; kept as source_split): "
+                     + ", ".join(f"{k}: {v}" for k, v in summary["source_splits"].items()))
+        leaks = summary.get("source_split_leaks") or []
+        lines.append(f"  copy groups across the uploader's split: {len(leaks)}")
+        lines.extend("    " + " ~ ".join(group) for group in leaks)
     dups = summary["duplicates"]
     lines.append(f"Pixel-identical duplicates: {len(dups)} group(s)")
     lines.extend("  " + " == ".join(group) for group in dups)
+    if "near_duplicates" in summary:
+        near = summary["near_duplicates"]
+        where = f" (copy hash within {summary['copy_threshold']})" if summary.get("copy_threshold") else ""
+        lines.append(f"Copy groups (flips, rotations, brightness, re-encoding, rescaling; pixel-identical included)"
+                     f"{where}: {len(near)} group(s), kept together by every split")
+        lines.extend("  " + " ~ ".join(group) for group in near)
+    if "conflicts" in summary:
+        lines.append(f"Label conflicts (one image filed under several classes; quarantined): {len(summary['conflicts'])}")
+        lines.extend("  " + " ~ ".join(group) for group in summary["conflicts"])
     lines.append(f"Unreadable files: {len(unreadable)}")
     lines.extend(f"  {u['path']}: {u['reason']}" for u in unreadable)
+    conflicted = [q for q in summary.get("quarantined", []) if q not in unreadable]
+    if conflicted:
+        lines.append(f"Quarantined for a label conflict: {len(conflicted)}")
+        lines.extend(f"  {q['path']}: {q['reason']}" for q in conflicted)
     return "\n".join(lines)
 
 
@@ -341,43 +455,70 @@ def _has_images(files: list[Path]) -> bool:
 
 
 def _is_wrapper(folder: Path) -> bool:
-    """A lone sub-folder is a wrapper unless it looks like a class (known label, or images in it)."""
-    if re.sub(r"[\s_\-]+", "", folder.name.lower()) in _ALIASES:
+    """A lone sub-folder is a wrapper unless it looks like a class (known label, or images in it)
+    or is a split folder."""
+    if re.sub(r"[\s_\-]+", "", folder.name.lower()) in _ALIASES or canonical_split(folder.name):
         return False
     subdirs, files = _listdir(folder)
     return bool(subdirs) and not _has_images(files)
 
 
-def _folder_entries(root: Path) -> tuple[list[_Entry], Path]:
-    if not root.is_dir():
-        raise DatasetError(f"{root}: expected a dataset folder")
-    class_root = root
-    for _ in range(_MAX_WRAPPER_DEPTH):  # descend through single wrapper folders
-        subdirs, files = _listdir(class_root)
+def _descend(folder: Path) -> Path:
+    """Through single wrapper folders, stopping at a level that holds split folders."""
+    for _ in range(_MAX_WRAPPER_DEPTH):
+        subdirs, files = _listdir(folder)
+        if any(canonical_split(d.name) for d in subdirs):
+            break
         if len(subdirs) != 1 or _has_images(files) or not _is_wrapper(subdirs[0]):
             break
-        class_root = subdirs[0]
-    subdirs, files = _listdir(class_root)
+        folder = subdirs[0]
+    return folder
+
+
+def _class_roots(root: Path) -> list[tuple[Path, str]]:
+    """(folder holding class folders, uploader's split) pairs: one per split folder, or the root."""
+    top = _descend(root)
+    subdirs, _ = _listdir(top)
+    split_dirs = [d for d in subdirs if canonical_split(d.name)]
+    if not split_dirs:
+        return [(top, "")]
+    out = [(_descend(d), canonical_split(d.name) or "") for d in split_dirs]
+    others = [d for d in subdirs if not canonical_split(d.name)]
+    if others:  # class folders beside the split folders: read them too, without a source split
+        out.append((top, ""))
+    return out
+
+
+def _folder_entries(root: Path) -> tuple[list[_Entry], list[Path]]:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: expected a dataset folder")
     entries: list[_Entry] = []
-    for f in files:
-        if f.suffix.lower() in IMAGE_EXTENSIONS:
-            rel = f.relative_to(root).as_posix()
-            entries.append(_Entry(f, rel, None, reject="image outside any class folder (expected <root>/<class>/<file>)"))
-    for folder in subdirs:
-        label = canonical_label(folder.name)
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in _SKIP_DIRS)
-            for name in sorted(filenames):
-                if name.startswith(".") or name.lower() in _JUNK_FILES:
-                    continue
-                path = Path(dirpath) / name
-                rel = path.relative_to(root).as_posix()
-                if is_image_candidate(path):
-                    entries.append(_Entry(path, rel, label))
-                else:
-                    entries.append(_Entry(path, rel, label, reject=f"not an image file (extension {path.suffix})"))
+    roots = _class_roots(root)
+    for class_root, split in roots:
+        subdirs, files = _listdir(class_root)
+        for f in files:
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                rel = f.relative_to(root).as_posix()
+                entries.append(_Entry(f, rel, None, reject="image outside any class folder (expected <root>/<class>/<file>)",
+                                      split=split))
+        for folder in subdirs:
+            if not split and canonical_split(folder.name) and len(roots) > 1:
+                continue  # a split folder, read as its own class root
+            label = canonical_label(folder.name)
+            for dirpath, dirnames, filenames in os.walk(folder):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in _SKIP_DIRS)
+                for name in sorted(filenames):
+                    if name.startswith(".") or name.lower() in _JUNK_FILES:
+                        continue
+                    path = Path(dirpath) / name
+                    rel = path.relative_to(root).as_posix()
+                    if is_image_candidate(path):
+                        entries.append(_Entry(path, rel, label, split=split))
+                    else:
+                        entries.append(_Entry(path, rel, label, reject=f"not an image file (extension {path.suffix})",
+                                              split=split))
     entries.sort(key=lambda e: e.relpath)
-    return entries, class_root
+    return entries, [r for r, _ in roots]
 
 
 def _read_csv(csv: Path) -> pd.DataFrame:
@@ -411,7 +552,8 @@ def _manifest_entries(csv: Path, base: Path, *, synthetic: bool) -> list[_Entry]
     if len(df) == 0:
         raise DatasetError(f"{csv}: manifest has no rows")
     group_col = "group" if "group" in cols else ("patient_id" if "patient_id" in cols else None)
-    consumed = {"path", "label", "group"}
+    split_col = "source_split" if "source_split" in cols else ("split" if "split" in cols else None)
+    consumed = {"path", "label", "group", "split", "source_split"}
     extra_cols = [c for c in df.columns if c not in consumed]
     rename = {c: (f"{c}_manifest" if c in _COLUMNS else c) for c in extra_cols}
     real_base = os.path.realpath(base)
@@ -423,8 +565,10 @@ def _manifest_entries(csv: Path, base: Path, *, synthetic: bool) -> list[_Entry]
         group = row.get(group_col) if group_col else None
         group = str(group) if group is not None and not pd.isna(group) else None
         extra = {rename[c]: row[c] for c in extra_cols}
+        split_raw = row.get(split_col) if split_col else None
+        split = (canonical_split(split_raw) or str(split_raw).strip().lower()) if isinstance(split_raw, str) and split_raw.strip() else ""
         if not isinstance(raw, str) or not raw.strip():
-            entries.append(_Entry(base, f"<row {i + 2}>", label, group, extra, reject="empty path in manifest"))
+            entries.append(_Entry(base, f"<row {i + 2}>", label, group, extra, reject="empty path in manifest", split=split))
             continue
         norm = raw.strip().replace("\\", "/")
         rel = PurePosixPath(norm)
@@ -438,22 +582,77 @@ def _manifest_entries(csv: Path, base: Path, *, synthetic: bool) -> list[_Entry]
             if os.path.commonpath([real, real_base]) != real_base:
                 reject = "path resolves outside the manifest folder (symlink)"
         rel_str = raw if reject else rel.as_posix()
-        entries.append(_Entry(base / rel if not reject else Path(norm), rel_str, label, group, extra, reject))
+        entries.append(_Entry(base / rel if not reject else Path(norm), rel_str, label, group, extra, reject, split))
     return entries
 
 
 # ----------------------------------------------------------------------------- decoding
 
 
-def _probe(path: Path, max_pixels: int) -> tuple[Any, str] | str:
-    """(ImageInfo, sha256) of a readable image, else the reason it is unusable."""
+def _probe(path: Path, max_pixels: int) -> tuple[Any, str, np.ndarray] | str:
+    """(ImageInfo, sha256, copy hashes) of a readable image, else the reason it is unusable."""
     try:
         image, info = load_xray_with_info(path, max_pixels=max_pixels)
-        return info, pixel_sha256(image)
+        return info, pixel_sha256(image), copy_hashes(image)
     except ImageLoadError as exc:
         return exc.reason
     except Exception as exc:  # recorded in the quarantine with its type, never fatal
         return f"unexpected error while reading ({type(exc).__name__}: {exc})"
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of ``n`` nodes joined by edges ``a[k] - b[k]``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _copy_structure(rows: list[dict], probes: list[np.ndarray]) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """Copy components of the readable images: (component per row, pairs table, nearest distances)."""
+    n = len(rows)
+    counts = np.array([len(p) for p in probes], int)
+    if n and counts.sum():
+        words = pack_hashes(np.concatenate([p for p in probes if len(p)]))
+        owners = np.repeat(np.arange(n), counts)
+        a, b, dist = copy_pairs(words, owners, threshold=COPY_THRESHOLD)
+        nearest = nearest_distances(words, owners, n)
+    else:
+        a = b = dist = np.zeros(0, np.int64)
+        nearest = np.full(n, COPY_HASH_BITS + 1, np.int64)
+    shas = [r["sha256"] for r in rows]
+    first_of: dict[str, int] = {}
+    ia, ib = [], []
+    for k, sha in enumerate(shas):  # pixel-identical images are copies even without a hash (tiny images)
+        if sha in first_of:
+            ia.append(first_of[sha])
+            ib.append(k)
+        else:
+            first_of[sha] = k
+    ident = np.array([shas[x] == shas[y] for x, y in zip(a, b)], bool)
+    extra = {(x, y) for x, y in zip(ia, ib)} - set(zip(a.tolist(), b.tolist()))
+    if extra:
+        ea, eb = map(np.array, zip(*sorted(extra)))
+        a, b = np.r_[a, ea], np.r_[b, eb]
+        dist, ident = np.r_[dist, np.zeros(len(ea), np.int64)], np.r_[ident, np.ones(len(ea), bool)]
+        nearest[ea] = np.minimum(nearest[ea], 0)
+        nearest[eb] = np.minimum(nearest[eb], 0)
+    comp = _components(n, a, b) if n else np.zeros(0, int)
+    pairs = pd.DataFrame({"a": a.astype(int), "b": b.astype(int), "distance": dist.astype(int),
+                          "pixel_identical": ident}, columns=_PAIR_COLUMNS)
+    return comp, pairs.sort_values(["a", "b"]).reset_index(drop=True), nearest
+
+
+def _conflict_reason(k: int, rows: list[dict], partners: list[tuple[int, int, bool]]) -> str:
+    """Why row ``k`` of a conflicting copy group is quarantined: its closest twin of another label."""
+    label = rows[k]["label"]
+    other = [(d, rows[j]["relpath"], j, ident) for j, d, ident in partners if rows[j]["label"] != label]
+    if not other:
+        return "in a copy group filed under several labels"
+    d, rel, j, ident = min(other)
+    what = "pixel-identical to" if ident else f"near-duplicate ({d} of {COPY_HASH_BITS} hash bits) of"
+    return f"label conflict: {what} {rel}, filed as {rows[j]['label']}"
 
 
 def _build(
@@ -463,14 +662,15 @@ def _build(
     n_workers = workers or min(4, max(2, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         results = dict(zip(map(id, todo), pool.map(lambda e: _probe(e.path, max_pixels), todo)))
-    rows, bad = [], []
+    rows, bad, probes = [], [], []
     for e in entries:
         result = e.reject if e.reject is not None else results[id(e)]
         if isinstance(result, str):
             path = str(e.path) if e.reject is None or source == "folders" else e.relpath
-            bad.append({"path": path, "relpath": e.relpath, "label": e.label, "reason": result})
+            bad.append({"path": path, "relpath": e.relpath, "label": e.label, "reason": result, "kind": "unreadable"})
             continue
-        info, sha = result
+        info, sha, hashes = result
+        probes.append(hashes)
         rows.append(
             {
                 "path": str(e.path),
@@ -482,16 +682,50 @@ def _build(
                 "width": info.width,
                 "bit_depth": info.bit_depth,
                 "format": info.format,
+                "source_split": e.split,
+                "copy_group": "",
                 **e.extra,
             }
         )
+    comp, pairs, nearest = _copy_structure(rows, probes)
+    members: dict[int, list[int]] = {}
+    for k, c in enumerate(comp):
+        members.setdefault(int(c), []).append(k)
+    partners: dict[int, list[tuple[int, int, bool]]] = {}
+    for x, y, d, ident in pairs.itertuples(index=False):
+        partners.setdefault(x, []).append((y, d, ident))
+        partners.setdefault(y, []).append((x, d, ident))
+    copies, conflicts, conflicted = [], [], set()
+    for ks in members.values():
+        if len(ks) < 2:
+            continue
+        rels = sorted(rows[k]["relpath"] for k in ks)
+        copies.append(rels)
+        labels = {rows[k]["label"] for k in ks if rows[k]["label"] is not None}
+        if len(labels) > 1:
+            conflicts.append(rels)
+            for k in ks:
+                conflicted.add(k)
+                r = rows[k]
+                bad.append({"path": r["path"], "relpath": r["relpath"], "label": r["label"], "kind": "conflict",
+                            "reason": _conflict_reason(k, rows, partners.get(k, []))})
+        else:
+            for k in ks:
+                rows[k]["copy_group"] = rels[0]
+    kept = [k for k in range(len(rows)) if k not in conflicted]
+    _merge_groups([rows[k] for k in kept])
+    split_of = {r["relpath"]: r["source_split"] for r in rows}
     extra_cols = list(dict.fromkeys(c for e in entries for c in e.extra))
-    manifest = pd.DataFrame(rows, columns=_COLUMNS + extra_cols)
-    quarantine = pd.DataFrame(bad, columns=_QUARANTINE_COLUMNS)
+    manifest = pd.DataFrame([rows[k] for k in kept], columns=_COLUMNS + extra_cols)
+    quarantine = pd.DataFrame(bad, columns=_QUARANTINE_COLUMNS).sort_values("relpath", kind="stable").reset_index(drop=True)
     by_sha: dict[str, list[str]] = {}
-    for sha, rel in zip(manifest["sha256"], manifest["relpath"]):
-        by_sha.setdefault(sha, []).append(rel)
+    for r in rows:
+        by_sha.setdefault(r["sha256"], []).append(r["relpath"])
     duplicates = sorted(sorted(g) for g in by_sha.values() if len(g) >= 2)
+    rel = [r["relpath"] for r in rows]
+    pair_table = pd.DataFrame({"a": [rel[x] for x in pairs["a"]], "b": [rel[y] for y in pairs["b"]],
+                               "distance": pairs["distance"].astype(int), "pixel_identical": pairs["pixel_identical"]},
+                              columns=_PAIR_COLUMNS)
     return Dataset(
         root=base,
         manifest=manifest,
@@ -499,4 +733,32 @@ def _build(
         duplicates=duplicates,
         source=source,
         label_provenance=provenance,
+        copies=sorted(copies),
+        conflicts=sorted(conflicts),
+        copy_pairs=pair_table,
+        nearest=pd.Series(nearest.astype(int), index=rel, name="nearest copy-hash distance"),
+        split_of=split_of,
     )
+
+
+def _merge_groups(rows: list[dict]) -> None:
+    """Give the images of one copy group one ``group``: the groups (patients) the copies link are
+    merged, each merged group named by its smallest member group (in place)."""
+    linked = [r for r in rows if r["copy_group"]]
+    if not linked:
+        return
+    names = sorted({str(r["group"]) for r in rows})
+    index = {g: i for i, g in enumerate(names)}
+    first_group: dict[str, int] = {}
+    a, b = [], []
+    for r in linked:
+        g = index[str(r["group"])]
+        c = first_group.setdefault(r["copy_group"], g)
+        a.append(c)
+        b.append(g)
+    comp = _components(len(names), np.array(a), np.array(b))
+    smallest: dict[int, str] = {}
+    for g, c in zip(names, comp):  # names are sorted: the first seen is the smallest
+        smallest.setdefault(int(c), g)
+    for r in rows:
+        r["group"] = smallest[int(comp[index[str(r["group"])]])]

@@ -47,8 +47,10 @@ def test_inspect_json_follows_the_contract(two_classes, capsys):
     assert main(["inspect", str(two_classes), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert CONTRACT_KEYS <= set(out)
-    assert out["n_images"] == 4 and out["n_groups"] == 4
-    assert out["classes"] == {"normal": 2, "osteoporosis": 2}
+    assert out["n_images"] == 2 and out["n_groups"] == 2  # a.png and its twin dup.png are a label conflict
+    assert out["classes"] == {"normal": 1, "osteoporosis": 1}
+    assert out["conflicts"] == [["Normal/a.png", "OP/dup.png"]] and out["near_duplicates"] == out["conflicts"]
+    assert out["source_splits"] == {}
     assert out["unreadable"] == [{"path": "OP/bad.png", "reason": out["unreadable"][0]["reason"]}]
     assert out["unreadable"][0]["reason"]
     assert out["duplicates"] == [["Normal/a.png", "OP/dup.png"]]

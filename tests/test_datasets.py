@@ -122,7 +122,12 @@ def test_messy_folder_reports_each_bad_file_with_reason(messy):
     assert set(reasons) == {"osteoporosis/notes.txt", "osteoporosis/trunc.png"}
     assert reasons["osteoporosis/notes.txt"] == "not an image file (extension .txt)"
     assert "truncated" in reasons["osteoporosis/trunc.png"]
-    assert ds.summary()["classes"] == {"normal": 3, "osteoporosis": 4}
+    # a.png is filed under both classes (a_copy.png): a label conflict, quarantined on both sides
+    assert ds.summary()["classes"] == {"normal": 2, "osteoporosis": 3}
+    assert ds.conflicts == [["Normal/a.png", "osteoporosis/a_copy.png"]]
+    conflict = ds.quarantine.set_index("relpath").loc["Normal/a.png"]
+    assert conflict["kind"] == "conflict"
+    assert conflict["reason"] == "label conflict: pixel-identical to osteoporosis/a_copy.png, filed as osteoporosis"
 
 
 def test_messy_folder_reads_every_format_and_depth(messy):
@@ -268,13 +273,17 @@ def test_single_class_is_not_an_error_in_find_dataset(tmp_path):
 def test_summary_is_json_serialisable_with_contract_keys(messy):
     summary = json.loads(json.dumps(find_dataset(messy).summary()))
     assert {"n_images", "n_groups", "classes", "unreadable", "duplicates"} <= set(summary)
-    assert summary["n_images"] == 7 and summary["bit_depths"] == {"8": 5, "16": 2}
+    assert summary["n_images"] == 5 and summary["bit_depths"] == {"8": 3, "16": 2}  # the twin a.png is quarantined
+    assert summary["conflicts"] == [["Normal/a.png", "osteoporosis/a_copy.png"]]
+    assert summary["near_duplicates"] == summary["conflicts"] and summary["source_splits"] == {}
 
 
 def test_format_summary_names_classes_duplicates_and_bad_files(messy):
     text = format_summary(find_dataset(messy).summary())
-    assert "osteoporosis  4" in text
+    assert "osteoporosis  3" in text
     assert "Normal/a.png == osteoporosis/a_copy.png" in text
+    assert "Label conflicts (one image filed under several classes; quarantined): 1" in text
+    assert "Normal/a.png: label conflict: pixel-identical to osteoporosis/a_copy.png, filed as osteoporosis" in text
     assert "osteoporosis/notes.txt: not an image file (extension .txt)" in text
 
 

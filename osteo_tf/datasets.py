@@ -97,7 +97,9 @@ __all__ = [
     "nearest_distances",
     "pack_hashes",
     "phash",
+    "quarantine_mixed_copies",
     "rooted",
+    "select_classes",
 ]
 
 _ALIASES: dict[str, str] = {
@@ -436,6 +438,71 @@ def rooted(manifest: pd.DataFrame, folder: str | os.PathLike, *, sha256: bool = 
     if sha256:
         out["sha256"] = [pixel_sha256(load_xray(p)) for p in out["path"]]
     return out
+
+
+def select_classes(manifest: pd.DataFrame, classes: tuple[str, ...] | list[str]
+                   ) -> tuple[pd.DataFrame, dict[str, str], dict[str, int]]:
+    """Keep the classes a study uses, merging ``source=target`` entries first.
+
+    Names go through :func:`canonical_label` (``"OP"`` keeps ``osteoporosis``). An empty
+    ``classes`` keeps every class.
+
+    Args:
+        manifest: rows with a ``label`` column.
+        classes: class names to keep and ``source=target`` merges (``StudySettings.classes``).
+
+    Returns:
+        ``(manifest, merged, dropped)``: the kept rows (a copy, index reset; merged rows carry
+        their target label), ``merged`` source -> target for the merges that applied, and
+        ``dropped`` label -> images removed because their class is not used.
+    """
+    if not isinstance(manifest, pd.DataFrame) or "label" not in manifest.columns:
+        raise ValueError("`manifest` must be a DataFrame with a 'label' column. "
+                         f"Received: {type(manifest).__name__}")
+    if not classes:
+        return manifest.reset_index(drop=True), {}, {}
+    keep, merges = set(), {}
+    for entry in classes:
+        if "=" in entry:
+            src, dst = (canonical_label(p.strip()) for p in entry.split("=", 1))
+            merges[src] = dst
+            keep.add(dst)
+        else:
+            keep.add(canonical_label(entry))
+    labels = manifest["label"].map(lambda v: merges.get(v, v) if isinstance(v, str) else v)
+    present = set(manifest["label"].dropna().astype(str))
+    merged = {k: v for k, v in merges.items() if k in present}
+    used = labels.isin(keep)
+    dropped = {str(k): int(v) for k, v in manifest.loc[~used, "label"].value_counts().sort_index().items()}
+    out = manifest.assign(label=labels)[used].reset_index(drop=True)
+    return out, merged, dropped
+
+
+def quarantine_mixed_copies(manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Move out copy groups whose images carry different labels after relabelling.
+
+    :func:`find_dataset` quarantines copies filed under two classes; labels derived later (study
+    04's TBS ranges, a ``classes`` merge) can still put copies of one image under two labels.
+
+    Returns:
+        ``(kept rows, quarantine rows)``; the quarantine rows have :class:`Dataset`'s quarantine
+        columns with kind ``"conflict"``.
+    """
+    if "copy_group" not in manifest.columns or not len(manifest):
+        return manifest, pd.DataFrame(columns=_QUARANTINE_COLUMNS)
+    linked = manifest[manifest["copy_group"].astype(str) != ""]
+    n_labels = linked.groupby("copy_group")["label"].nunique()
+    mixed = set(n_labels[n_labels > 1].index)
+    if not mixed:
+        return manifest, pd.DataFrame(columns=_QUARANTINE_COLUMNS)
+    bad = manifest["copy_group"].isin(mixed)
+    rows = []
+    for r in manifest[bad].itertuples():
+        others = manifest[(manifest["copy_group"] == r.copy_group) & (manifest["label"] != r.label)]
+        other = others.iloc[0]
+        rows.append({"path": r.path, "relpath": r.relpath, "label": r.label, "kind": "conflict",
+                     "reason": f"label conflict: copy of {other['relpath']}, labelled {other['label']}"})
+    return manifest[~bad].reset_index(drop=True), pd.DataFrame(rows, columns=_QUARANTINE_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- discovery

@@ -61,6 +61,12 @@ class Context:
     """Test predictions of every kept result, by ``(experiment, model, protocol)``: what the
     claim's paired effects (:func:`claim`) and the texture floor (:func:`texture_floor`) use."""
 
+    dataset: Any = None
+    """The scanned :class:`osteo_tf.datasets.Dataset` (copy groups, conflicts, the uploader's split)."""
+    split: pd.DataFrame | None = None
+    """The split this run records in ``split.csv`` (:func:`record_split`; the first one made by
+    :func:`split` or trained on by :func:`fit_evaluate` with the clean protocol)."""
+
     @property
     def weights(self) -> str:
         """The pretrained weights the run asks for (``settings.weights``)."""
@@ -164,10 +170,17 @@ def setup(
     seed: int = 0,
     synthetic: Synthetic | None = None,
     label_map: dict | None = None,
+    relabel: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     image_size: int | None = None,
     epochs: int | None = None,
 ) -> Context:
     """Seed everything, apply the profile's runtime, find or generate the data, record provenance.
+
+    What the data folder holds but the run cannot use is named, never fatal: unreadable files and
+    label conflicts (``datasets.find_dataset``'s quarantine), classes outside
+    ``settings.classes`` (dropped and counted; ``source=target`` entries merge), classes left
+    empty. Copies of one image share one ``group`` (``find_dataset``), so every split keeps them
+    together. Fewer than two usable classes is the one error.
 
     The study workflows call this from their own ``setup(settings, ...)``.
 
@@ -181,6 +194,8 @@ def setup(
         synthetic: the dataset to generate without ``data_dir`` (default: the study's mode and
             classes, 100 patients).
         label_map: optional renaming of labels (e.g. {"partially_degraded": None} drops a class).
+        relabel: optional function deriving the labels from the manifest (study 04: from a TBS
+            column); it runs before ``label_map`` and ``settings.classes``.
         image_size, epochs: the context's model input size and epochs (default: the settings'
             ``image_size`` and ``epochs`` fields, when it has them).
 
@@ -190,6 +205,8 @@ def setup(
     Raises:
         TypeError: ``settings`` is not a study's ``Settings``.
         ValueError: an empty ``data_dir`` / ``out_dir`` string, an unknown study or profile.
+        osteo_tf.datasets.DatasetError: fewer than two classes with usable images remain (a
+            one-line reason naming what was dropped).
     """
     from osteo_tf import datasets
     from osteo_tf.config import reports_dir
@@ -227,24 +244,54 @@ def setup(
         provenance = ("synthetic generator (osteo_tf.synthetic): labels are the generator's latent class; "
                       "accuracy on it says nothing clinical")
     manifest = ds.manifest.copy()
+    quarantine = ds.quarantine
+    if relabel is not None:
+        manifest = relabel(manifest)
+    dropped: dict[str, int] = {}
     if label_map:
-        manifest["label"] = manifest["label"].map(lambda v: label_map.get(v, v))
+        mapped = manifest["label"].map(lambda v: label_map.get(v, v))
+        for label, n in manifest.loc[mapped.isna(), "label"].value_counts().items():
+            dropped[str(label)] = dropped.get(str(label), 0) + int(n)
+        manifest = manifest.assign(label=mapped)
         manifest = manifest[manifest["label"].notna()].reset_index(drop=True)
+    manifest, merged, unused = datasets.select_classes(manifest, settings.classes)
+    for label, n in unused.items():
+        dropped[label] = dropped.get(label, 0) + n
+    manifest, late = datasets.quarantine_mixed_copies(manifest)
+    if len(late):
+        quarantine = pd.concat([quarantine, late], ignore_index=True)
     class_names = sorted(manifest["label"].unique(), key=_class_order)
+    emptied = sorted({str(c) for c in quarantine["label"].dropna().unique()} - set(class_names) - set(dropped)
+                     - set(merged))
+    if len(class_names) < 2:
+        raise datasets.DatasetError(
+            f"{source}: need at least two classes with usable images, found {len(class_names)} {class_names}"
+            + (f" (classes {list(settings.classes)} kept; dropped: {dropped})" if settings.classes else "")
+            + (f"; emptied by quarantine: {emptied}" if emptied else ""))
     data = {
         "source": source,
         "n_images": int(len(manifest)),
         "n_groups": int(manifest["group"].nunique()),
         "classes": {c: int((manifest["label"] == c).sum()) for c in class_names},
         "label_provenance": provenance,
-        "n_unreadable": int(len(ds.quarantine)),
+        "n_unreadable": int((quarantine["kind"] != "conflict").sum()),
+        "quarantined": int(len(quarantine)),
+        "conflicts": int(len(ds.conflicts)),
+        "copy_groups": int(manifest.loc[manifest["copy_group"].astype(str) != "", "copy_group"].nunique()),
+        "dropped_classes": dropped,
+        "merged_classes": merged,
+        "empty_classes": emptied,
+        "source_splits": ds.source_splits(),
+        "source_split_leaks": len(ds.split_leaks()),
+        "quarantine": [{"path": str(r.relpath), "reason": str(r.reason)} for r in quarantine.itertuples()],
     }
     size = image_size if image_size is not None else getattr(settings, "image_size", None)
     n_epochs = epochs if epochs is not None else getattr(settings, "epochs", None)
     return Context(
         study=st.name, profile=prof, seed=seed, manifest=manifest, class_names=class_names, data=data,
         out_dir=out, image_size=None if size is None else int(size), epochs=None if n_epochs is None else int(n_epochs),
-        settings=settings, quarantine=ds.quarantine, duplicates=ds.duplicates, strategy=strategy, runtime=runtime,
+        settings=settings, quarantine=quarantine, duplicates=ds.duplicates, dataset=ds, strategy=strategy,
+        runtime=runtime,
     )
 
 
@@ -275,8 +322,71 @@ def describe(ctx: Context) -> pd.DataFrame:
              ("images / groups", f"{ctx.data['n_images']} / {ctx.data['n_groups']}"),
              ("classes", ", ".join(f"{k}: {v}" for k, v in ctx.data["classes"].items())),
              ("unreadable files skipped", ctx.data["n_unreadable"])]
+    rows += data_rows(ctx)
     rows += [(f"version {k}", v) for k, v in versions().items()]
     return pd.DataFrame(rows, columns=["item", "value"]).astype(str)
+
+
+MAX_LISTED = 25
+"""Quarantined files named one by one in a report's description (the rest are counted; metrics.json
+and the dataset card list them all)."""
+
+
+def data_rows(ctx: Context) -> list[tuple[str, str]]:
+    """What the run could not use and how copies were handled, as (item, value) rows for a report."""
+    d = ctx.data
+    rows: list[tuple[str, str]] = []
+    if "quarantined" not in d:
+        return rows
+    rows.append(("label conflicts (quarantined, never trained or tested on)", str(d["conflicts"])))
+    rows.append(("copy groups kept on one side of every split", str(d["copy_groups"])))
+    if d.get("dropped_classes"):
+        kept = ", ".join(ctx.settings.classes) if ctx.settings.classes else "the study's classes"
+        rows.append(("classes not used (parameter classes)", ", ".join(f"{k}: {v} image(s) dropped" for k, v in
+                                                                         d["dropped_classes"].items()) + f" (kept: {kept})"))
+    if d.get("merged_classes"):
+        rows.append(("classes merged", ", ".join(f"{k} -> {v}" for k, v in d["merged_classes"].items())))
+    if d.get("empty_classes"):
+        rows.append(("classes left empty by the quarantine", ", ".join(d["empty_classes"])))
+    if d.get("source_splits"):
+        used = "used as this run's split" if ctx.settings.respect_source_split else "not used (respect_source_split=False)"
+        rows.append(("uploader's split folders", ", ".join(f"{k}: {v}" for k, v in d["source_splits"].items())
+                     + f"; {d['source_split_leaks']} copy group(s) straddle them; {used}"))
+    listed = d["quarantine"][:MAX_LISTED]
+    more = len(d["quarantine"]) - len(listed)
+    value = "; ".join(f"{q['path']}: {q['reason']}" for q in listed) or "none"
+    if more:
+        value += f"; and {more} more (metrics.json data.quarantine and the dataset card list all)"
+    rows.append((f"quarantined files ({d['quarantined']})", value))
+    return rows
+
+
+def split(ctx: Context, *, val: float, test: float) -> pd.DataFrame:
+    """This run's split of ``ctx.manifest``, recorded for ``split.csv`` (:func:`record_split`).
+
+    A grouped, stratified split (``splits.grouped_split`` with ``ctx.seed``), or, with
+    ``settings.respect_source_split``, the uploader's split folders (``splits.source_split``; its
+    validation side joins training when ``val`` is 0).
+    """
+    from osteo_tf import splits
+
+    if ctx.settings.respect_source_split:
+        out = splits.source_split(ctx.manifest, keep_val=val > 0)
+    else:
+        out = splits.grouped_split(ctx.manifest, val=val, test=test, seed=ctx.seed)
+    record_split(ctx, out)
+    return out
+
+
+def record_split(ctx: Context, split: pd.DataFrame) -> bool:
+    """Keep ``split`` as the run's ``split.csv`` unless one is kept already; only a split of the
+    context's own images (``relpath`` values of ``ctx.manifest``) is kept. Returns whether it was."""
+    if ctx.split is not None or "split" not in split.columns or "relpath" not in split.columns:
+        return False
+    if not set(split["relpath"]).issubset(set(ctx.manifest["relpath"])):
+        return False
+    ctx.split = split.copy()
+    return True
 
 
 @dataclass
@@ -376,6 +486,8 @@ def fit_evaluate(
     parts = {s: split[split["split"] == s] for s in ("train", "val", "test")}
     if len(parts["train"]) == 0 or len(parts["test"]) == 0:
         raise ValueError(f"split needs train and test rows; got {split['split'].value_counts().to_dict()}")
+    if protocol == "clean":
+        record_split(ctx, split)
     common = dict(class_names=ctx.class_names, image_size=size, steps=steps, label_mode=label_mode,
                   batch_size=rec.batch_size)
     train_ds = pipeline.make_dataset(parts["train"], training=True, augmenter=augmenter, seed=ctx.seed, **common)
@@ -551,10 +663,15 @@ def paper_comparison(ctx: Context, *, keys: Sequence[str] = ("accuracy", "sensit
 def finish(ctx: Context, *, paper: list[dict] | None = None, extra: dict | None = None) -> Path:
     """Write ``metrics.json`` for this run (design.md format) and return its path.
 
-    The run's settings (``ctx.settings``) are recorded under ``"settings"``.
+    The run's settings (``ctx.settings``) are recorded under ``"settings"``; the recorded split
+    (:func:`record_split`) is written to ``split.csv`` beside it and its hash to
+    ``data["split_hash"]``.
     """
-    from osteo_tf import evaluation
+    from osteo_tf import evaluation, splits
     from osteo_tf.studies import get_study
+
+    if ctx.split is not None:
+        ctx.data["split_hash"] = splits.write_split(ctx.split, ctx.out_dir / "split.csv")
 
     doc = evaluation.metrics_document(
         study=ctx.study, profile=ctx.profile.name, seed=ctx.seed, data=ctx.data, versions=versions(),

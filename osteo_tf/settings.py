@@ -104,6 +104,13 @@ class StudySettings:
             (MirroredStrategy when more than one GPU is visible, else none), ``none``,
             ``mirrored`` (all local GPUs) or ``multiworker`` (MultiWorkerMirroredStrategy from
             ``TF_CONFIG``).
+        classes: the classes the study uses: class names to keep, and merges written
+            ``source=target`` (``"normal,osteoporosis,osteopenia=osteoporosis"`` files osteopenia
+            under osteoporosis). Images of any other class are dropped and counted in the report.
+            Each study's default is its paper's classes; ``()`` keeps every class found.
+        respect_source_split: use the uploader's split folders (``train/``, ``val/``, ``test/``,
+            manifest column ``source_split``) as this run's split instead of drawing a grouped
+            split; a copy group that straddles them is moved whole to its earliest side.
 
     Subclasses add their own fields, set ``PROFILES`` and may override :meth:`check`.
     """
@@ -113,6 +120,8 @@ class StudySettings:
     weights: str = "imagenet"
     allow_random_init: bool = True
     strategy: str = "auto"
+    classes: tuple[str, ...] = ()
+    respect_source_split: bool = False
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     """The values of each profile for this study's fields (fields not named keep their default)."""
@@ -175,6 +184,7 @@ class StudySettings:
             raise ValueError(f"profile must be one of {list(PROFILE_NAMES)}. {_received('profile', self.profile)}")
         choice(self, "preset", self.PRESETS)
         choice(self, "strategy", self.STRATEGIES)
+        class_choice(self)
         self.check()
 
     def check(self) -> None:
@@ -211,6 +221,24 @@ def _show(value: Any) -> str:
 
 # ------------------------------------------------------------------------------------------
 # checks the studies' ``check`` methods share
+
+
+def class_choice(settings: StudySettings, name: str = "classes") -> None:
+    """Field ``name`` must hold class names or ``source=target`` merges, each name at most once.
+
+    Raises:
+        ValueError: naming the field, the entry at fault and the value received.
+    """
+    value = getattr(settings, name)
+    seen: set[str] = set()
+    for entry in value:
+        parts = [p.strip() for p in entry.split("=")]
+        if len(parts) > 2 or not all(parts):
+            raise ValueError(f"{name} entries must be a class name or 'source=target' (e.g. osteopenia=osteoporosis); "
+                             f"{entry!r} is neither. {_received(name, value)}")
+        if parts[0] in seen:
+            raise ValueError(f"{name} names class {parts[0]!r} twice. {_received(name, value)}")
+        seen.add(parts[0])
 
 
 def positive(settings: StudySettings, *names: str) -> None:

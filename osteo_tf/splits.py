@@ -223,6 +223,48 @@ def assert_no_leakage(manifest: pd.DataFrame, *, group_col: str = "group", sha_c
         )
 
 
+def source_split(manifest: pd.DataFrame, *, keep_val: bool = True, column: str = "source_split",
+                 group_col: str = "group") -> pd.DataFrame:
+    """The uploader's split (split folders, manifest column ``source_split``) as this run's split.
+
+    A group (patient, or copy group) found on several of the uploader's sides is moved whole to
+    the earliest of them (train before val before test), so the split stays leak-free; the rows
+    whose ``split`` differs from ``column`` are the ones moved.
+
+    Args:
+        manifest: rows with ``column`` in {"train", "val", "test"}.
+        keep_val: keep the uploader's validation side; ``False`` files it under train.
+        column: the uploader's split column.
+        group_col: the group column.
+
+    Returns:
+        A copy of ``manifest`` with a ``split`` column.
+
+    Raises:
+        ValueError: no ``column``, rows without a usable value, or no train or test rows.
+    """
+    if column not in manifest.columns:
+        raise ValueError(f"respect_source_split needs the uploader's split (split folders train/, val/, test/ or a "
+                         f"manifest column {column!r}); this data has none. Columns: {list(manifest.columns)}")
+    values = manifest[column].fillna("").astype(str)
+    bad = sorted(set(values) - set(SPLIT_NAMES))
+    if bad:
+        n = int((~values.isin(SPLIT_NAMES)).sum())
+        raise ValueError(f"respect_source_split: {n} image(s) have no uploader's split in {list(SPLIT_NAMES)} "
+                         f"(found {bad}); e.g. {manifest.loc[~values.isin(SPLIT_NAMES), 'relpath' if 'relpath' in manifest else group_col].iloc[0]}")
+    rank = {"train": 0, "val": 1 if keep_val else 0, "test": 2}
+    side = values.map(rank)
+    earliest = side.groupby(manifest[group_col]).transform("min")
+    names = {0: "train", 1: "val", 2: "test"}
+    out = manifest.copy()
+    out["split"] = earliest.map(names).to_numpy()
+    if not (out["split"] == "train").any() or not (out["split"] == "test").any():
+        raise ValueError(f"respect_source_split: the uploader's split needs train and test images. "
+                         f"Received: {out['split'].value_counts().to_dict()}")
+    assert_no_leakage(out, group_col=group_col)
+    return out
+
+
 def split_counts(manifest: pd.DataFrame, *, label_col: str = "label", group_col: str = "group") -> pd.DataFrame:
     """Images, groups and per-class image counts for each split (a report table)."""
     rows = []
@@ -245,14 +287,21 @@ def split_hash(manifest: pd.DataFrame, *, key_col: str = "relpath") -> str:
     return h[:16]
 
 
+SPLIT_CSV_COLUMNS = ("path", "label", "group", "split", "sha256")
+"""Columns of ``split.csv``: ``path`` relative to the data root (the manifest's ``relpath``)."""
+
+
 def write_split(manifest: pd.DataFrame, path) -> str:
-    """Write the split manifest as CSV (sorted, stable) and return its :func:`split_hash`."""
+    """Write the split as CSV (:data:`SPLIT_CSV_COLUMNS`, rows sorted by path) and return its
+    :func:`split_hash`; the same split gives a byte-identical file."""
     from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cols = [c for c in ("relpath", "path", "label", "group", "split", "sha256") if c in manifest.columns]
-    manifest[cols].sort_values(cols[0]).to_csv(path, index=False, lineterminator="\n")
+    table = pd.DataFrame({"path": manifest["relpath"] if "relpath" in manifest.columns else manifest["path"]})
+    for col in SPLIT_CSV_COLUMNS[1:]:
+        table[col] = manifest[col].to_numpy() if col in manifest.columns else ""
+    table.sort_values(["path", "split"]).to_csv(path, index=False, lineterminator="\n")
     return split_hash(manifest)
 
 

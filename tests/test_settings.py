@@ -10,7 +10,7 @@ from osteo_tf import settings
 from osteo_tf.settings import StudySettings
 
 WORKFLOWS = ["dataset_card", "study01", "study02", "study03", "study04", "study05", "leakage_audit"]
-COMMON = {"preset", "weights", "allow_random_init", "strategy"}
+COMMON = {"preset", "weights", "allow_random_init", "strategy", "classes", "respect_source_split"}
 
 
 def _settings_class(name):
@@ -73,7 +73,8 @@ def test_unknown_profile_and_frozen_instances():
 
 def test_table_marks_every_departure_from_the_full_profile_and_as_dict_is_json():
     t = Toy.for_profile("smoke", epochs=30).table().set_index("setting")
-    assert list(t.index) == ["preset", "weights", "allow_random_init", "strategy", "epochs", "rate", "names", "sigmas", "flag"]
+    assert list(t.index) == ["preset", "weights", "allow_random_init", "strategy", "classes", "respect_source_split",
+                             "epochs", "rate", "names", "sigmas", "flag"]
     assert not t.loc["epochs", "differs"] and t.loc["rate", "differs"]
     assert t.loc["names", "this run"] == "a" and t.loc["names", "paper protocol (full profile)"] == "a, b"
     d = Toy.for_profile("smoke").as_dict()

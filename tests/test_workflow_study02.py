@@ -21,7 +21,8 @@ def test_every_profile_resolves_and_full_is_the_paper_protocol():
 
 
 def test_every_profile_sets_every_field_once():
-    fields = set(study02.Settings.field_names()) - {"preset", "weights", "allow_random_init", "strategy"}
+    fields = set(study02.Settings.field_names()) - {"preset", "weights", "allow_random_init", "strategy", "classes",
+                                                     "respect_source_split"}
     for profile, values in study02.Settings.PROFILES.items():
         assert set(values) == fields, profile
 

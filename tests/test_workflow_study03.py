@@ -9,7 +9,8 @@ from osteo_tf.workflows import study03
 
 
 def test_profiles_set_every_field_and_full_is_the_paper():
-    fields = set(study03.Settings.field_names()) - {"preset", "weights", "allow_random_init", "strategy"}
+    fields = set(study03.Settings.field_names()) - {"preset", "weights", "allow_random_init", "strategy", "classes",
+                                                     "respect_source_split"}
     assert all(set(v) == fields for v in study03.Settings.PROFILES.values())
     full = study03.Settings.for_profile("full")
     assert full.image_size == 224 and full.block_pooling is False

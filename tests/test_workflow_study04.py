@@ -109,7 +109,8 @@ def test_augment_offline_balances_train_and_val_and_never_touches_test(tmp_path)
 
 
 def test_settings_profiles_and_recipes():
-    fields = set(study04.Settings.field_names()) - {"preset", "weights", "allow_random_init", "strategy"}
+    fields = set(study04.Settings.field_names()) - {"preset", "weights", "allow_random_init", "strategy", "classes",
+                                                     "respect_source_split"}
     for profile, values in study04.Settings.PROFILES.items():
         assert set(values) == fields, profile
         assert set(study04.Settings.for_profile(profile).approaches) <= {"approach1", "approach2", "approach3"}

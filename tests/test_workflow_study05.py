@@ -21,7 +21,8 @@ def _manifest(n_patients=20, images=(1, 2), root="/x"):
 
 
 def test_profiles_share_fields_and_full_is_the_paper():
-    fields = set(study05.Settings.field_names()) - {"preset", "weights", "allow_random_init", "strategy"}
+    fields = set(study05.Settings.field_names()) - {"preset", "weights", "allow_random_init", "strategy", "classes",
+                                                     "respect_source_split"}
     for name, values in study05.Settings.PROFILES.items():
         assert set(values) - {"preset"} == fields, name
         s = study05.Settings.for_profile(name)
@@ -63,7 +64,7 @@ def test_record_name_maps_both_mobilenetv3_variants():
 
 def test_split_721_is_grouped_and_roughly_7_2_1():
     m = _manifest(40)
-    split = study05.split_721(SimpleNamespace(manifest=m, seed=0))
+    split = study05.split_721(SimpleNamespace(manifest=m, seed=0, settings=study05.Settings.for_profile("smoke"), split=None))
     per = split.groupby("split")["group"].nunique()
     assert per["train"] == 28 and per["val"] == 8 and per["test"] == 4
     assert split.groupby("group")["split"].nunique().max() == 1
@@ -71,7 +72,7 @@ def test_split_721_is_grouped_and_roughly_7_2_1():
 
 def test_masks_come_from_models_that_never_saw_the_image():
     m = _manifest(30)
-    split = study05.split_721(SimpleNamespace(manifest=m, seed=1))
+    split = study05.split_721(SimpleNamespace(manifest=m, seed=1, settings=study05.Settings.for_profile("smoke"), split=None))
     folds = explain.pool_folds(split, 3, seed=1)
     assert len(folds) == 3
     assignment = explain.mask_assignment(split, folds)
@@ -105,7 +106,7 @@ def _clf(rgb):
 
 def test_lime_masking_with_the_assignment_and_the_leakage_guard(tmp_path):
     m = _write_images(tmp_path, _manifest(12, images=(1,)))
-    split = study05.split_721(SimpleNamespace(manifest=m, seed=0))
+    split = study05.split_721(SimpleNamespace(manifest=m, seed=0, settings=study05.Settings.for_profile("smoke"), split=None))
     folds = explain.pool_folds(split, 2, seed=0)
     assignment = explain.mask_assignment(split, folds)
     fold_of, trained_on = assignment.model_of, assignment.trained_on
@@ -124,7 +125,7 @@ def test_lime_masking_with_the_assignment_and_the_leakage_guard(tmp_path):
 
 def test_image_pickers_are_balanced_and_reproducible():
     m = _manifest(40, images=(1, 3))
-    split = study05.split_721(SimpleNamespace(manifest=m, seed=0))
+    split = study05.split_721(SimpleNamespace(manifest=m, seed=0, settings=study05.Settings.for_profile("smoke"), split=None))
     shown = study05.pick_test_images(split, 1, seed=0)
     assert sorted(shown["label"]) == ["normal", "osteoporosis"]
     assert shown.equals(study05.pick_test_images(split, 1, seed=0))

@@ -32,7 +32,7 @@ class Settings(_settings.StudySettings):
 
     Attributes:
         mode: synthetic mode (``calcaneus``, ``knee``, ``dxa``); ignored with a ``data_dir``.
-        classes: synthetic classes, 2 or 3; ignored with a ``data_dir``.
+        synth_classes: synthetic classes, 2 or 3; ignored with a ``data_dir``.
         patients: synthetic patients.
         synth_size: side of the synthetic images in px.
         stats_size: px the images are resized to for hashes, statistics and baselines.
@@ -42,7 +42,7 @@ class Settings(_settings.StudySettings):
     """
 
     mode: str
-    classes: int
+    synth_classes: int
     patients: int
     synth_size: int
     stats_size: int
@@ -51,18 +51,18 @@ class Settings(_settings.StudySettings):
     n_per_class: int
 
     PROFILES = {
-        "smoke": {"mode": "calcaneus", "classes": 2, "patients": 24, "synth_size": 64, "stats_size": 64,
+        "smoke": {"mode": "calcaneus", "synth_classes": 2, "patients": 24, "synth_size": 64, "stats_size": 64,
                   "hash_threshold": 6, "kfold": 3, "n_per_class": 4},
-        "quick": {"mode": "calcaneus", "classes": 2, "patients": 160, "synth_size": 128, "stats_size": 96,
+        "quick": {"mode": "calcaneus", "synth_classes": 2, "patients": 160, "synth_size": 128, "stats_size": 96,
                   "hash_threshold": 6, "kfold": 5, "n_per_class": 6},
-        "full": {"mode": "calcaneus", "classes": 2, "patients": 400, "synth_size": 256, "stats_size": 128,
+        "full": {"mode": "calcaneus", "synth_classes": 2, "patients": 400, "synth_size": 256, "stats_size": 128,
                  "hash_threshold": 6, "kfold": 5, "n_per_class": 8},
     }
     FULL_SMOKE = {"patients": 16, "kfold": 2}
 
     def check(self) -> None:
         _settings.choice(self, "mode", MODES)
-        _settings.choice(self, "classes", (2, 3))
+        _settings.choice(self, "synth_classes", (2, 3))
         _settings.positive(self, "patients", "synth_size", "stats_size", "n_per_class")
         _settings.in_range(self, "hash_threshold", 0, datasets.HASH_BITS, closed="both")
         _settings.at_least(self, "kfold", 2)
@@ -79,7 +79,7 @@ def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: st
         seed: global seed.
     """
     return experiments.setup(STUDY, settings, data_dir=data_dir, out_dir=out_dir, seed=seed,
-                             synthetic=Synthetic(settings.mode, settings.classes, settings.patients, settings.synth_size),
+                             synthetic=Synthetic(settings.mode, settings.synth_classes, settings.patients, settings.synth_size),
                              image_size=settings.stats_size)
 
 

@@ -86,6 +86,8 @@ class Settings(_settings.StudySettings):
     lime_features: int
     lime_folds: int
 
+    classes: tuple[str, ...] = ("normal", "osteoporosis")  # the paper's classes (StudySettings.classes)
+
     PROFILES = {
         "smoke": {"model": "study01_cnn", "filters": (8, 16, 16, 16), "image_size": 32, "synth_size": 32,
                   "patients": 16, "preset": "easy", "offline_set": "A", "epochs": 1, "batch_size": 16,

@@ -69,6 +69,8 @@ class Settings(_settings.StudySettings):
     optimizer: str
     learning_rate: float
 
+    classes: tuple[str, ...] = ("normal", "osteoporosis")  # the paper's classes (StudySettings.classes)
+
     PROFILES = {
         "smoke": {"models": ("study01_cnn", "resnet18"), "sets": ("N", "C"), "image_size": 32, "epochs": 1,
                   "patients": 16, "kfold": 2, "kfold_models": ("study01_cnn",), "batch_size": 16,
@@ -155,7 +157,7 @@ def protocol_split(ctx: Context, set_name: str, protocol: str, *, test: float = 
     if protocol == "paper":
         m = offline_set_manifest(ctx, ctx.manifest, set_name, root)
         return splits.paper_protocol_split(m, test=test, seed=ctx.seed)
-    src = splits.grouped_split(ctx.manifest, val=0.0, test=test, seed=ctx.seed)
+    src = experiments.split(ctx, val=0.0, test=test)
     train = offline_set_manifest(ctx, src[src["split"] == "train"], set_name, root / "train")
     held = offline_set_manifest(ctx, src[src["split"] == "test"], "N", root / "test")
     train["split"], held["split"] = "train", "test"

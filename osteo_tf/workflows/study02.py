@@ -133,6 +133,8 @@ class Settings(_settings.StudySettings):
     denoise_eval_size: int
     denoisers: tuple[str, ...]
 
+    classes: tuple[str, ...] = ("normal", "osteopenia", "osteoporosis")  # the paper's classes (StudySettings.classes)
+
     PROFILES = {
         "smoke": {"model": "compact_cnn", "image_size": 32, "epochs": 1, "batch_size": 16, "patients": 18,
                   "images_per_patient": 1, "denoise_size": 32, "freeze": "auto", "ablation": True,

@@ -100,6 +100,8 @@ class Settings(_settings.StudySettings):
     baseline_size: int
     roi_check_images: int
 
+    classes: tuple[str, ...] = ("normal", "osteopenia", "osteoporosis")  # the paper's classes (StudySettings.classes)
+
     PROFILES = {
         "smoke": {"patients_a": 12, "patients_b": 12, "unlabeled_patients": 12, "synth_size": 128,
                   "image_size": 32, "epochs": 1, "pretrain_epochs": 1, "batch_size": 16, "smudge": True,
@@ -207,7 +209,7 @@ def paper_split(ctx: Context, *, val: float = 0.0) -> pd.DataFrame:
     (``val=0``, the full profile).
     """
     _check_val(val)
-    split = splits.grouped_split(ctx.manifest, val=float(val), test=0.25, seed=ctx.seed)
+    split = experiments.split(ctx, val=float(val), test=0.25)
     splits.assert_no_leakage(split)
     return split
 

@@ -280,8 +280,8 @@ def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: st
       dropped to ``settings.degraded_fraction``; the TBS-derived label is checked against the
       generator's label (they must agree: the generator draws TBS inside the class range);
     * a manifest CSV with ``tbs`` and no ``label``: labels from the TBS thresholds, partially
-      degraded dropped (``experiments.setup`` cannot read unlabelled rows, so the context is
-      built here);
+      degraded dropped (``experiments.setup``'s ``relabel`` hook, so the quarantine, copy groups
+      and split.csv work as for every study);
     * class folders / labelled manifests: a middle class (partially degraded, osteopenia) is
       dropped for the binary task.
 
@@ -292,8 +292,14 @@ def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: st
     """
     common = dict(seed=seed, out_dir=out_dir)
     if data_dir is not None and is_tbs_manifest(data_dir):
-        ctx = _setup_tbs_manifest(settings, data_dir, **common)
-        ctx.manifest, table = labels_from_tbs(ctx.manifest)
+        derived: dict[str, pd.DataFrame] = {}
+
+        def tbs_labels(manifest: pd.DataFrame) -> pd.DataFrame:
+            labelled, derived["table"] = labels_from_tbs(manifest)
+            return labelled
+
+        ctx = experiments.setup(STUDY, settings, data_dir=data_dir, relabel=tbs_labels, **common)
+        table = derived["table"]
         dropped = int(table.loc[~table["kept"], "images"].sum())
         _refresh_data(ctx, f"manifest {_manifest_csv(data_dir).name}: labels derived from the 'tbs' column "
                            f"(>= {TBS_NORMAL:.3f} normal, <= {TBS_DEGRADED:.3f} degraded); {dropped} image(s) "
@@ -321,24 +327,6 @@ def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: st
         raise ValueError(f"study 04 is a binary task (normal vs degraded); these classes remain: {ctx.class_names}")
     ctx.tables["labels"] = table
     return ctx
-
-
-def _setup_tbs_manifest(settings: Settings, data_dir, *, seed, out_dir) -> Context:
-    from osteo_tf.config import get_profile, reports_dir, seed_everything
-    from osteo_tf.studies import get_study
-
-    st = get_study(STUDY)
-    prof = get_profile(settings.profile)
-    seed_everything(seed)
-    out = experiments.check_location("out_dir", out_dir) or reports_dir() / st.name
-    out.mkdir(parents=True, exist_ok=True)
-    ds = datasets.find_dataset(data_dir)
-    data = {"source": str(Path(data_dir).resolve()), "n_images": int(len(ds.manifest)),
-            "n_groups": int(ds.manifest["group"].nunique()), "classes": {}, "label_provenance": "",
-            "n_unreadable": int(len(ds.quarantine))}
-    return Context(study=st.name, profile=prof, seed=seed, manifest=ds.manifest.copy(), class_names=[], data=data,
-                   out_dir=out, image_size=settings.image_size, epochs=None, settings=settings,
-                   quarantine=ds.quarantine, duplicates=ds.duplicates)
 
 
 # ----------------------------------------------------------------------------------------------

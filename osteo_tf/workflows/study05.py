@@ -98,6 +98,8 @@ class Settings(_settings.StudySettings):
     sanity_images: int
     intensity: str
 
+    classes: tuple[str, ...] = ("normal", "osteoporosis")  # the paper's classes (StudySettings.classes)
+
     PROFILES = {
         "smoke": {"models": ("mobilenetv3small",), "mask_models": ("mobilenetv3small",), "image_size": 48,
                   "epochs": 1, "mask_epochs": 1, "patients": 16, "images_per_patient": 1, "batch_size": 16,
@@ -152,8 +154,9 @@ def setup(settings: Settings, *, data_dir: str | Path | None = None, out_dir: st
 
 
 def split_721(ctx: Context) -> pd.DataFrame:
-    """Patient-grouped, class-stratified 7:2:1 train / val / test split."""
-    return splits.grouped_split(ctx.manifest, val=SPLIT["val"], test=SPLIT["test"], seed=ctx.seed)
+    """Patient-grouped, class-stratified 7:2:1 train / val / test split (``experiments.split``: the
+    uploader's split instead with ``respect_source_split``)."""
+    return experiments.split(ctx, val=SPLIT["val"], test=SPLIT["test"])
 
 
 def recipe(ctx: Context, settings: Settings, *, epochs: int | None = None) -> Recipe:

@@ -154,3 +154,26 @@ def test_a_class_left_empty_by_the_quarantine_is_named(tmp_path):
     ctx = dataset_card.setup(dataset_card.Settings.for_profile("smoke"), data_dir=c.root, out_dir=tmp_path / "o", seed=0)
     assert "osteopenia" in ctx.data["empty_classes"]
     assert "osteopenia" in experiments.describe(ctx).set_index("item").loc["classes left empty by the quarantine", "value"]
+
+
+def test_dataset_card_describes_the_problematic_folder_instead_of_stopping(corpus, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from osteo_tf.workflows import dataset_card
+
+    ctx = dataset_card.setup(dataset_card.Settings.for_profile("smoke"), data_dir=corpus.root, out_dir=tmp_path, seed=0)
+    table = dataset_card.copy_group_table(ctx)
+    assert sorted(table["files"]) == sorted(" ~ ".join(g) for g in corpus.copy_groups + corpus.conflicts)
+    assert (table["status"] == "label conflict: all quarantined").sum() == 2
+    leak = dataset_card.source_split_table(ctx).set_index("uploader's split")
+    assert set(leak.index) == {"train", "val", "test"} and leak["images with a copy on another side"].sum() > 0
+    assert "LEAKS" in dataset_card.source_split_verdict(ctx)
+    fig = dataset_card.copy_groups_figure(ctx)
+    assert len([ax for ax in fig.axes if ax.images]) == sum(len(g) for g in ctx.dataset.copies)
+    verdict = dataset_card.verdict(ctx, pairs=pd.DataFrame(columns=dataset_card.PAIR_COLUMNS), baselines=[],
+                                   oracle_acc=None).set_index("check")
+    assert verdict.loc["no image filed under two classes (label conflicts)", "status"] == "attention"
+    assert verdict.loc["the uploader's split does not leak (no copy across its sides)", "status"] == "attention"
+    kinds = dataset_card.quarantine_table(ctx)["kind"].value_counts().to_dict()
+    assert kinds == {"conflict": 4, "unreadable": 1}

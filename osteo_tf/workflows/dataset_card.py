@@ -3,8 +3,9 @@
 For a dataset folder / manifest (or the synthetic default): counts per class, per patient and per
 split; image sizes, bit depths and formats; sample grids and intensity histograms per class;
 pixel-identical duplicates and near-duplicates (the perceptual hashes of ``osteo_tf.datasets``,
-pHash / dHash, robust to contrast changes and checked under the 8 rotations / flips);
-quarantined files; for synthetic data the preset and its oracle (Bayes) accuracy; and two cheap
+pHash / dHash, robust to contrast changes and checked under the 8 rotations / flips); the copy
+groups and label conflicts the scan found, side by side, and the uploader's split folders with
+the copies that leak across them; quarantined files; for synthetic data the preset and its oracle (Bayes) accuracy; and two cheap
 baselines with patient-grouped cross-validation (intensity only, texture + intensity) whose
 accuracy tells whether a shortcut (global intensity) already separates the classes.
 """
@@ -113,9 +114,135 @@ def image_properties(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def quarantine_table(ctx: Context) -> pd.DataFrame:
-    """Files that could not be used, with the reason (empty table when there are none)."""
+    """Files that could not be used (unreadable, or a label conflict), with the reason (empty
+    table when there are none)."""
     q = ctx.quarantine if ctx.quarantine is not None else pd.DataFrame(columns=["relpath", "label", "reason"])
-    return q[[c for c in ("relpath", "label", "reason") if c in q.columns]].reset_index(drop=True)
+    return q[[c for c in ("relpath", "label", "kind", "reason") if c in q.columns]].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# copy groups, label conflicts, the uploader's split (datasets.find_dataset's copy detection)
+
+
+COPY_COLUMNS = ["copy group", "files", "n", "labels", "uploader's splits", "max hash distance", "status"]
+"""Columns of :func:`copy_group_table`."""
+
+
+def copy_group_table(ctx: Context) -> pd.DataFrame:
+    """Every copy group the scan found (flips, rotations, brightness / contrast, re-encoding,
+    rescaling; pixel-identical included): its files, labels, the uploader's split folders it
+    sits in, and what the run does with it (kept on one side of every split, or quarantined as
+    a label conflict)."""
+    ds = ctx.dataset
+    if ds is None:
+        return pd.DataFrame(columns=COPY_COLUMNS)
+    label_of = dict(zip(ds.manifest["relpath"], ds.manifest["label"]))
+    label_of.update(zip(ds.quarantine["relpath"], ds.quarantine["label"]))
+    conflicts = {tuple(g) for g in ds.conflicts}
+    pairs = ds.copy_pairs
+    rows = []
+    for i, group in enumerate(ds.copies):
+        inside = pairs[pairs["a"].isin(group) & pairs["b"].isin(group)]
+        splits_in = sorted({ds.split_of.get(r, "") for r in group} - {""})
+        rows.append({"copy group": i, "files": " ~ ".join(group), "n": len(group),
+                     "labels": ", ".join(sorted({str(label_of.get(r)) for r in group})),
+                     "uploader's splits": ", ".join(splits_in) or "-",
+                     "max hash distance": int(inside["distance"].max()) if len(inside) else 0,
+                     "status": "label conflict: all quarantined" if tuple(group) in conflicts
+                     else "kept together (one group)"})
+    return pd.DataFrame(rows, columns=COPY_COLUMNS)
+
+
+def source_split_table(ctx: Context) -> pd.DataFrame:
+    """The uploader's split folders: readable images per class in each, and how the split leaks
+    (copy groups with images on more than one of its sides). Empty without split folders."""
+    ds = ctx.dataset
+    if ds is None or not ds.source_splits():
+        return pd.DataFrame(columns=["uploader's split", "images"])
+    label_of = dict(zip(ds.manifest["relpath"], ds.manifest["label"]))
+    label_of.update(zip(ds.quarantine["relpath"], ds.quarantine["label"]))
+    leaks = ds.split_leaks()
+    rows = []
+    for name, n in ds.source_splits().items():
+        members = [r for r, s in ds.split_of.items() if s == name]
+        row = {"uploader's split": name, "images": n}
+        for label in sorted({str(label_of.get(r)) for r in members}):
+            row[f"n_{label}"] = sum(str(label_of.get(r)) == label for r in members)
+        row["images with a copy on another side"] = sum(1 for g in leaks for r in g if ds.split_of.get(r) == name)
+        rows.append(row)
+    return pd.DataFrame(rows).fillna(0)
+
+
+def source_split_verdict(ctx: Context) -> str:
+    """One sentence on the uploader's split: absent, clean, or how many copy groups straddle it."""
+    ds = ctx.dataset
+    if ds is None or not ds.source_splits():
+        return "No split folders: there is no uploader's split."
+    leaks = ds.split_leaks()
+    used = ("this run uses it (respect_source_split=True; straddling groups are moved whole to their earliest side)"
+            if ctx.settings.respect_source_split else "the studies draw their own grouped split (respect_source_split=False)")
+    if not leaks:
+        return f"The uploader's split ({', '.join(ds.source_splits())}) has no copy across its sides; {used}."
+    n = sum(len(g) for g in leaks)
+    return (f"The uploader's split LEAKS: {len(leaks)} copy group(s) ({n} images) have copies on more than one of its "
+            f"sides, so any number measured on its test folder is inflated; {used}.")
+
+
+def copy_groups_figure(ctx: Context, *, max_groups: int = 12, size: int = 96):
+    """Thumbnails of each copy group side by side (one row per group, conflicts marked)."""
+    import matplotlib.pyplot as plt
+
+    from osteo_tf import io as oio, preprocessing
+
+    ds = ctx.dataset
+    groups = list(ds.copies[:max_groups]) if ds is not None else []
+    if not groups:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no copy groups", ha="center", va="center")
+        return fig
+    conflicts = {tuple(g) for g in ds.conflicts}
+    label_of = dict(zip(ds.manifest["relpath"], ds.manifest["label"]))
+    label_of.update(zip(ds.quarantine["relpath"], ds.quarantine["label"]))
+    cols = max(len(g) for g in groups)
+    fig, axes = plt.subplots(len(groups), cols, figsize=(1.9 * cols, 2.1 * len(groups)), squeeze=False)
+    for r, group in enumerate(groups):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(group):
+                continue
+            rel = group[c]
+            try:
+                img = preprocessing.resize(oio.load_xray(Path(ds.root) / rel), size)
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            except Exception as exc:  # a thumbnail that cannot be drawn is named, never fatal
+                ax.text(0.5, 0.5, type(exc).__name__, ha="center", va="center", fontsize=7)
+            tag = " CONFLICT" if tuple(group) in conflicts else ""
+            ax.set_title(f"{Path(rel).name}\n{label_of.get(rel)} / {ds.split_of.get(rel) or '-'}{tag}", fontsize=6,
+                         color="red" if tag else "black")
+    fig.suptitle("copy groups (file, label / uploader's split)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def copy_distance_figure(ctx: Context):
+    """Histogram of each image's copy-hash distance to its nearest other image, with the
+    threshold: copies sit left of it, distinct images (measured) well right of it."""
+    import matplotlib.pyplot as plt
+
+    ds = ctx.dataset
+    near = ds.nearest.to_numpy() if ds is not None else np.zeros(0)
+    near = near[near <= datasets.COPY_HASH_BITS]
+    fig, ax = plt.subplots(figsize=(5, 2.8))
+    ax.hist(near, bins=np.arange(0, datasets.COPY_HASH_BITS + 2, 2) - 0.5, color="#555")
+    ax.axvline(datasets.COPY_THRESHOLD + 0.5, color="r", ls="--",
+               label=f"copy threshold ({datasets.COPY_THRESHOLD} of {datasets.COPY_HASH_BITS} bits)")
+    ax.set_xlabel("copy-hash distance to the nearest other image")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def duplicate_table(ctx: Context) -> pd.DataFrame:
@@ -354,6 +481,12 @@ def verdict(ctx: Context, *, pairs: pd.DataFrame, baselines: Sequence[dict], ora
     add("no near-duplicates across patients", len(cross) == 0,
         f"{len(cross)} pair(s) across patients ({int((~cross['same label']).sum()) if len(cross) else 0} with different labels)")
     add("no unreadable files", ctx.data["n_unreadable"] == 0, f"{ctx.data['n_unreadable']} quarantined")
+    if "conflicts" in ctx.data:
+        add("no image filed under two classes (label conflicts)", ctx.data["conflicts"] == 0,
+            f"{ctx.data['conflicts']} conflict group(s) quarantined; {ctx.data['copy_groups']} copy group(s) kept together")
+    if ctx.data.get("source_splits"):
+        add("the uploader's split does not leak (no copy across its sides)", ctx.data["source_split_leaks"] == 0,
+            f"{ctx.data['source_split_leaks']} copy group(s) straddle {', '.join(ctx.data['source_splits'])}")
     sizes = m[["height", "width"]].drop_duplicates().shape[0]
     depths = sorted(m["bit_depth"].unique().tolist())
     add("one image size and bit depth (else acquisition may differ by class)", sizes == 1 and len(depths) == 1,

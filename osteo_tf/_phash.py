@@ -204,11 +204,11 @@ COPY_HASH_BITS = 128
 COPY_THRESHOLD = 12
 """The largest :func:`copy_hashes` distance (of 128 bits) that counts as a copy.
 
-Chosen between two measured distributions (CHANGELOG, issue 15; ``osteo-tf bench --only dedup``
-prints both): copies of synthetic knee / calcaneus / DXA radiographs made by flips, 90-degree
-rotations, brightness / contrast changes, JPEG re-encoding at quality 40-70 and rescaling by
-0.4-1.5 lie at most 9 bits from their source, while images of different patients lie at least
-20 bits apart."""
+Chosen between two measured distributions, both reported by ``osteo-tf bench --only dedup``
+(figures in the CHANGELOG, issue 15): the distance of copies of synthetic knee / calcaneus / DXA
+radiographs to their source (flips, 90-degree rotations, brightness / contrast, JPEG
+re-encoding, rescaling, and combinations), and the distance between radiographs of different
+patients."""
 
 COPY_HASH_MIN_SIDE = 32
 """Images smaller than this (px, either side) get no copy hash: the hash works on a 64 x 64

@@ -399,3 +399,43 @@ def test_rooted_rejects_a_manifest_without_usable_paths(tmp_path):
         datasets.rooted(pd.DataFrame({"path": ["a.png", float("nan")]}), tmp_path)
     with pytest.raises(TypeError, match="Received: folder=3"):
         datasets.rooted(pd.DataFrame({"path": ["a.png"]}), 3)
+
+
+# ----------------------------------------------------------------------------- copy detection
+
+
+def test_copy_hashes_are_shared_by_the_8_rotations_and_flips():
+    img = _texture(7, size=80)[:, :72]  # not square: rot90 swaps the sides
+    ref = datasets.copy_hashes(img)
+    assert ref.shape[1] == datasets.COPY_HASH_BITS and 1 <= len(ref) <= 8
+    for view in datasets.dihedral(img):
+        probes = datasets.copy_hashes(np.ascontiguousarray(view))
+        d = (probes[:, None, :] != ref[None, :, :]).sum(-1).min()
+        assert d == 0
+
+
+def test_copy_hashes_skip_tiny_and_constant_images():
+    assert datasets.copy_hashes(np.zeros((6, 5))).shape == (0, datasets.COPY_HASH_BITS)
+    assert datasets.copy_hashes(np.full((64, 64), 0.5)).shape == (0, datasets.COPY_HASH_BITS)
+
+
+def test_copy_pairs_match_a_brute_force_search_in_any_block_size():
+    rng = np.random.default_rng(0)
+    hashes = rng.random((40, datasets.COPY_HASH_BITS)) < 0.5
+    hashes[5] = hashes[3]
+    hashes[9] = hashes[3] ^ (np.arange(datasets.COPY_HASH_BITS) < 3)  # 3 bits away
+    owners = np.r_[np.arange(30), np.arange(10)]  # images 0-9 own two hashes each
+    words = datasets.pack_hashes(hashes)
+    d = (hashes[:, None, :] != hashes[None, :, :]).sum(-1)
+    expect = {}
+    for i in range(40):
+        for j in range(40):
+            a, b = sorted((owners[i], owners[j]))
+            if a != b and d[i, j] <= 3:
+                expect[(a, b)] = min(expect.get((a, b), 99), int(d[i, j]))
+    for block in (7, 1 << 20):
+        a, b, dist = datasets.copy_pairs(words, owners, threshold=3, block_elements=block)
+        assert dict(zip(zip(a.tolist(), b.tolist()), dist.tolist())) == expect
+    assert expect  # the planted pairs are there
+    near = datasets.nearest_distances(words, owners, 30)
+    assert near[3] == 0 and near[9] <= 3

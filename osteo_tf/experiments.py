@@ -234,7 +234,8 @@ def setup(
     if data_path is not None:
         ds = datasets.find_dataset(data_path)
         source = str(data_path.resolve())
-        provenance = ds.source + (": labels from the folder names" if ds.source == "folders" else ": labels from the manifest")
+        provenance = ds.source + (f": labels from the {ds.label_provenance}" if ds.source == "folders"
+                                  else ": labels from the manifest")
     else:
         syn = synthetic or Synthetic(st.synthetic_mode, st.classes, 100)
         folder = synthetic_dataset(syn.mode, classes=syn.classes, patients=syn.patients, preset=settings.preset,

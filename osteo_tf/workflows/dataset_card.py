@@ -222,7 +222,7 @@ def copy_groups_figure(ctx: Context, *, max_groups: int = 12, size: int = 96):
             ax.set_title(f"{Path(rel).name}\n{label_of.get(rel)} / {ds.split_of.get(rel) or '-'}{tag}", fontsize=6,
                          color="red" if tag else "black")
     fig.suptitle("copy groups (file, label / uploader's split)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (2.1 * len(groups))))
     return fig
 
 

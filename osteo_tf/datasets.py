@@ -355,8 +355,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("label_provenance"):
         lines.append(f"Labels from: {summary['label_provenance']}")
     unreadable = summary["unreadable"]
+    n_conflicted = len(summary.get("quarantined", [])) - len(unreadable)
     lines.append(
-        f"Images: {summary['n_images']} readable, {len(unreadable)} unreadable; groups: {summary['n_groups']}"
+        f"Images: {summary['n_images']} usable, {len(unreadable)} unreadable"
+        + (f", {n_conflicted} quarantined as label conflicts" if n_conflicted > 0 else "")
+        + f"; groups: {summary['n_groups']}"
     )
     lines.append("Classes:")
     width = max((len(c) for c in summary["classes"]), default=0)
@@ -387,7 +390,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         near = summary["near_duplicates"]
         where = f" (copy hash within {summary['copy_threshold']})" if summary.get("copy_threshold") else ""
         lines.append(f"Copy groups (flips, rotations, brightness, re-encoding, rescaling; pixel-identical included)"
-                     f"{where}: {len(near)} group(s), kept together by every split")
+                     f"{where}: {len(near)} group(s); each is kept on one side of every split, or quarantined "
+                     "when filed under several classes")
         lines.extend("  " + " ~ ".join(group) for group in near)
     if "conflicts" in summary:
         lines.append(f"Label conflicts (one image filed under several classes; quarantined): {len(summary['conflicts'])}")
@@ -718,7 +722,7 @@ def _conflict_reason(k: int, rows: list[dict], partners: list[tuple[int, int, bo
     if not other:
         return "in a copy group filed under several labels"
     d, rel, j, ident = min(other)
-    what = "pixel-identical to" if ident else f"near-duplicate ({d} of {COPY_HASH_BITS} hash bits) of"
+    what = "pixel-identical to" if ident else f"near-duplicate (hash distance {d} of {COPY_HASH_BITS} bits) of"
     return f"label conflict: {what} {rel}, filed as {rows[j]['label']}"
 
 

@@ -91,3 +91,26 @@ def test_split_counts_and_write(tmp_path):
     h = splits.write_split(out, tmp_path / "split.csv")
     back = pd.read_csv(tmp_path / "split.csv")
     assert splits.split_hash(back) == h
+
+
+def test_paper_protocol_splits_a_dataset_holding_its_own_pixel_identical_copies():
+    m = _manifest(n_groups=40, per_group=2)
+    m["sha256"] = m["group"]  # both images of a group are pixel-identical copies
+    out = splits.paper_protocol_split(m, test=0.2, seed=0)  # image-level by design: no LeakageError
+    assert splits.leakage_report(out)["n_shared_images"] > 0
+    folds = splits.grouped_kfold(m.assign(_row=range(len(m))), k=3, seed=0, group_col="_row", sha_col=None)
+    assert any(splits.leakage_report(f)["n_shared_images"] for f in folds)
+    with pytest.raises(splits.LeakageError):
+        splits.grouped_kfold(m.assign(_row=range(len(m))), k=3, seed=0, group_col="_row")
+
+
+def test_source_split_follows_the_uploader_and_moves_a_straddling_group_to_its_earliest_side():
+    m = _manifest(n_groups=12, per_group=2)
+    m["source_split"] = ["train", "train", "val", "val", "test", "test"] * 4
+    m.loc[5, "source_split"] = "train"  # group p2 now straddles train and test
+    out = splits.source_split(m)
+    assert (out.loc[[4, 5], "split"] == "train").all()
+    assert (out.drop(index=[4, 5])["split"] == out.drop(index=[4, 5])["source_split"]).all()
+    assert set(splits.source_split(m, keep_val=False)["split"]) == {"train", "test"}
+    with pytest.raises(ValueError, match="respect_source_split"):
+        splits.source_split(m.drop(columns="source_split"))

@@ -173,7 +173,8 @@ def kfold_splits(ctx: Context, set_name: str, protocol: str, *, k: int = 3) -> l
     if protocol == "paper":
         m = offline_set_manifest(ctx, ctx.manifest, set_name, root)
         m = m.assign(_row=np.arange(len(m)))
-        return [f.drop(columns="_row") for f in splits.grouped_kfold(m, k=k, seed=ctx.seed, group_col="_row")]
+        folds = splits.grouped_kfold(m, k=k, seed=ctx.seed, group_col="_row", sha_col=None)  # leaks by design
+        return [f.drop(columns="_row") for f in folds]
     folds = []
     for i, f in enumerate(splits.grouped_kfold(ctx.manifest, k=k, seed=ctx.seed)):
         train = offline_set_manifest(ctx, f[f["split"] == "train"], set_name, root / f"fold{i}" / "train")

@@ -393,10 +393,16 @@ def augment_offline(ctx: Context, split: pd.DataFrame, *, size: int, target_frac
 
 
 def augmentation_examples(manifest: pd.DataFrame, n: int = 4) -> tuple[list[np.ndarray], list[str]]:
-    """A few (original, augmented copy) pairs of the same source, for a figure."""
+    """A few (original, augmented copy) pairs of the same source, for a figure; when the training
+    split needed no copy (its classes already at the target share), ``n`` originals so titled."""
 
     aug = manifest[(manifest["aug"] != "orig") & (manifest["split"] == "train")]
     images, titles = [], []
+    if aug.empty:
+        for _, row in manifest[manifest["split"] == "train"].head(n).iterrows():
+            images.append(io.load_xray(row["path"]))
+            titles.append(f"{row['source']} original (no copy needed)")
+        return images, titles
     for src in aug["source"].drop_duplicates().head(n // 2 if n > 1 else 1):
         orig = manifest[(manifest["source"] == src) & (manifest["aug"] == "orig")].iloc[0]
         copy = aug[aug["source"] == src].iloc[0]

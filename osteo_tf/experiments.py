@@ -381,12 +381,17 @@ def split(ctx: Context, *, val: float, test: float) -> pd.DataFrame:
 
 def record_split(ctx: Context, split: pd.DataFrame) -> bool:
     """Keep ``split`` as the run's ``split.csv`` unless one is kept already; only a split of the
-    context's own images (``relpath`` values of ``ctx.manifest``) is kept. Returns whether it was."""
+    context's own images (``relpath`` values of ``ctx.manifest``) is kept. Its hash goes to
+    ``ctx.data["split_hash"]`` at once, so the model bundles saved afterwards carry it. Returns
+    whether it was kept."""
+    from osteo_tf import splits
+
     if ctx.split is not None or "split" not in split.columns or "relpath" not in split.columns:
         return False
     if not set(split["relpath"]).issubset(set(ctx.manifest["relpath"])):
         return False
     ctx.split = split.copy()
+    ctx.data["split_hash"] = splits.split_hash(ctx.split)
     return True
 
 

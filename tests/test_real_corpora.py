@@ -177,3 +177,14 @@ def test_dataset_card_describes_the_problematic_folder_instead_of_stopping(corpu
     assert verdict.loc["the uploader's split does not leak (no copy across its sides)", "status"] == "attention"
     kinds = dataset_card.quarantine_table(ctx)["kind"].value_counts().to_dict()
     assert kinds == {"conflict": 4, "unreadable": 1}
+
+
+def test_the_split_hash_is_known_before_training_so_bundles_carry_it(corpus, tmp_path):
+    from osteo_tf.workflows import study05
+
+    ctx = study05.setup(study05.Settings.for_profile("smoke"), data_dir=corpus.root, out_dir=tmp_path, seed=0)
+    assert "split_hash" not in ctx.data
+    split = study05.split_721(ctx)
+    assert ctx.data["split_hash"] == splits.split_hash(split)
+    assert not experiments.record_split(ctx, split.assign(split="train"))  # the first split stays the run's
+    assert ctx.data["split_hash"] == splits.split_hash(split)

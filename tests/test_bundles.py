@@ -136,7 +136,8 @@ def test_evaluate_is_external_validation_with_cis_calibration_and_the_frozen_thr
     # classes the model does not know: a clear error (exit 2)
     other = tmp_path / "other"
     for label in ("cats", "dogs"):
-        io.save_png(np.full((32, 32), 0.5, np.float32), other / label / "a.png")
+        # two different images: one image filed under both classes would be a quarantined label conflict
+        io.save_png(np.full((32, 32), 0.4 if label == "cats" else 0.6, np.float32), other / label / "a.png")
     assert cli.main(["evaluate", "--model", str(path), "--data", str(other)]) == 2
     assert "not among the model's classes" in capsys.readouterr().err
 

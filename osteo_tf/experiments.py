@@ -60,7 +60,6 @@ class Context:
     predictions: dict[tuple, "Predictions"] = field(default_factory=dict)
     """Test predictions of every kept result, by ``(experiment, model, protocol)``: what the
     claim's paired effects (:func:`claim`) and the texture floor (:func:`texture_floor`) use."""
-
     dataset: Any = None
     """The scanned :class:`osteo_tf.datasets.Dataset` (copy groups, conflicts, the uploader's split)."""
     split: pd.DataFrame | None = None

@@ -142,13 +142,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from osteo_tf import inference
+    from osteo_tf import evaluation, inference
 
     result = inference.evaluate(args.model, args.data, out_dir=args.out, n_boot=args.n_boot, seed=args.seed)
     print(inference.format_evaluation(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(inference._jsonable(result), indent=2) + "\n")
+        args.json.write_text(json.dumps(evaluation.jsonable(result), indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.out:
         print(f"wrote {Path(args.out) / 'predictions.csv'} and {Path(args.out) / 'evaluation.json'}")

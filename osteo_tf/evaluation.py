@@ -58,6 +58,7 @@ __all__ = [
     "image_to_patient",
     "operating_point",
     "result_record",
+    "jsonable",
     "metrics_document",
     "write_metrics_json",
     "read_metrics_json",
@@ -796,7 +797,7 @@ def paired_effect(
         p_not_positive = float(np.mean(valid <= 0))
     else:
         lo = hi = p_not_positive = math.nan
-    return _jsonable({
+    return jsonable({
         "metric": metric, "a": point[0], "b": point[1], "effect": point[1] - point[0], "ci95": [lo, hi],
         "p_not_positive": p_not_positive, "n_groups": int(n_groups), "n_only_a": len(ga - gb),
         "n_only_b": len(gb - ga), "n_boot": int(n_boot), "n_skipped": int(n_boot - valid.size), "seed": int(seed),
@@ -1113,14 +1114,19 @@ def image_to_patient(
 # --------------------------------------------------------------------------------------------
 # metrics.json
 # --------------------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy -> Python, NaN/inf -> None, tuples -> lists."""
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types: numpy -> Python, NaN/inf -> None, tuples -> lists, paths -> str (metrics.json,
+    model sidecars, ``osteo-tf evaluate``).
+
+    Raises:
+        TypeError: for any other type (nothing is stringified silently).
+    """
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -1238,7 +1244,7 @@ def result_record(
         if clash:
             raise ValueError(f"extra may not overwrite computed keys. Received: extra keys {clash}")
         rec.update(extra)
-    return _jsonable(rec)
+    return jsonable(rec)
 
 
 AT_DEFAULT_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "ppv", "npv")
@@ -1360,7 +1366,7 @@ def metrics_document(
             raise ValueError(f"extra may not overwrite required keys. Received: extra keys {clash}")
         doc.update(extra)
     _validate_document(doc)
-    return _jsonable(doc)
+    return jsonable(doc)
 
 
 def write_metrics_json(path: str | os.PathLike, doc: Mapping[str, Any]) -> Path:
@@ -1370,7 +1376,7 @@ def write_metrics_json(path: str | os.PathLike, doc: Mapping[str, Any]) -> Path:
         The written path.
     """
     _validate_document(doc)
-    text = json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from osteo_tf.evaluation import jsonable
 from osteo_tf.explain._common import output_kind
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def save_model(model: Any, path: str | os.PathLike, *, class_names: Sequence[str
         meta.update(info)
     path.parent.mkdir(parents=True, exist_ok=True)
     _without_optimizer(model).save(path)
-    Path(str(path) + SIDECAR_SUFFIX).write_text(json.dumps(_jsonable(meta), indent=2) + "\n")
+    Path(str(path) + SIDECAR_SUFFIX).write_text(json.dumps(jsonable(meta), indent=2) + "\n")
     return path
 
 
@@ -159,20 +160,6 @@ def _graph_steps(model: Any) -> list[str]:
             cfg = layer.get_config()
             out.append(f"input_scaling: x * {cfg.get('scale')} + {cfg.get('offset')}")
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
 
 
 def load_model(path: str | os.PathLike) -> tuple[Any, dict]:
@@ -522,7 +509,7 @@ def evaluate(model_path: str | os.PathLike, data: str | os.PathLike, *, out_dir:
         extra={"data": str(data), "n_skipped": len(skipped)})
     curve = evaluation.reliability_curve(y, probs)
     result = {"model": str(model_path), "data": str(data), "record": record,
-              "reliability": _jsonable(curve.to_dict(orient="records")),
+              "reliability": jsonable(curve.to_dict(orient="records")),
               "skipped": skipped, "sidecar": bool(meta.get("sidecar"))}
     if out_dir is not None:
         out = Path(out_dir)
@@ -531,7 +518,7 @@ def evaluate(model_path: str | os.PathLike, data: str | os.PathLike, *, out_dir:
         pred.insert(1, "label", used["label"].astype(str).to_numpy())
         pred.insert(2, "group", used["group"].astype(str).to_numpy())
         pred.to_csv(out / "predictions.csv", index=False, lineterminator="\n")
-        (out / "evaluation.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+        (out / "evaluation.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
     return result
 
 
@@ -574,5 +561,5 @@ def export(model_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"out_dir must be a new or empty folder. Received: out_dir={str(out)!r}")
     model.export(str(out), format="tf_saved_model", verbose=False)
-    (out / "osteo_tf.json").write_text(json.dumps(_jsonable(meta), indent=2) + "\n")
+    (out / "osteo_tf.json").write_text(json.dumps(jsonable(meta), indent=2) + "\n")
     return out

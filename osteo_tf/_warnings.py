@@ -10,19 +10,16 @@ constants here, so every caller quiets the same text the same way.
 Like ``warnings.catch_warnings`` itself, the filter is process-wide while the block runs: it is
 not meant for code that runs other threads which must keep their warnings.
 
-:func:`quiet_retracing` does the same for TensorFlow's "frequent retracing" notice, which
-TensorFlow logs instead of warning, for the named functions only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["BOOTSTRAP_SKIPPED", "KERAS_PREDICT_FUNCTION", "RAN_OUT_OF_DATA", "quiet", "quiet_retracing"]
+__all__ = ["BOOTSTRAP_SKIPPED", "RAN_OUT_OF_DATA", "quiet"]
 
 RAN_OUT_OF_DATA = ".*ran out of data.*"
 """Keras, at the end of every epoch or ``predict`` over a finite ``tf.data`` input whose
@@ -31,56 +28,6 @@ cardinality is unknown (pipelines that skip unreadable files): expected, not a f
 BOOTSTRAP_SKIPPED = "Bootstrap resamples skipped"
 """``evaluation.bootstrap_ci``, when a metric is undefined in some resamples; a result record
 keeps the counts in ``ci.skipped``."""
-
-
-KERAS_PREDICT_FUNCTION = "TensorFlowTrainer.make_predict_function.<locals>.one_step_on_data_distributed"
-"""Keras' predict step: one ``tf.function`` per model, traced for the batch shape and the last,
-smaller batch. TensorFlow counts the traces of every model's predict step together (per Python
-code object), so a loop over models reaches its "frequent retracing" notice."""
-
-_RETRACING = "triggered tf.function retracing"
-
-
-class _RetracingNotice(logging.Filter):
-    def __init__(self, functions: tuple[str, ...]) -> None:
-        super().__init__()
-        self.functions = functions
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (_RETRACING in message and any(f"<function {f} at " in message for f in self.functions))
-
-
-@contextlib.contextmanager
-def quiet_retracing(*functions: str) -> Iterator[None]:
-    """Hide TensorFlow's "N out of the last M calls to <function F> triggered tf.function
-    retracing" notice for the named functions, only inside the block.
-
-    TensorFlow logs it (logger ``tensorflow``, not the ``warnings`` module) when recent calls
-    traced often, counting every ``tf.function`` made from the same Python function together: one
-    function per model, each traced once, adds up in a loop over models although nothing
-    retraces per call. Other notices, and this one about any other function, are kept.
-
-    Args:
-        functions: qualified names as the notice prints them, e.g. :data:`KERAS_PREDICT_FUNCTION`.
-
-    Raises:
-        ValueError: no function name.
-        TypeError: a name that is not a str.
-    """
-    if not functions:
-        raise ValueError("quiet_retracing needs at least one function name. Received: functions=()")
-    for i, name in enumerate(functions):
-        if not isinstance(name, str):
-            raise TypeError(f"functions[{i}] must be a str (a function's qualified name). "
-                            f"Received: functions[{i}]={name!r}")
-    logger = logging.getLogger("tensorflow")
-    notice = _RetracingNotice(functions)
-    logger.addFilter(notice)
-    try:
-        yield
-    finally:
-        logger.removeFilter(notice)
 
 
 @contextlib.contextmanager

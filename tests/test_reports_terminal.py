@@ -12,11 +12,8 @@ import time
 from pathlib import Path
 
 import nbformat
-import pytest
 
 from osteo_tf import _kernel, _progress, reports
-from osteo_tf._warnings import quiet_retracing
-from osteo_tf.explain import lime as explain_lime
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,31 +122,6 @@ def test_progress_draws_on_a_terminal(monkeypatch):
         os.close(master)
         os.close(slave)
     assert "bm3d" in drawn and "image" in drawn
-
-
-def test_quiet_retracing_drops_only_the_named_functions_notice(caplog):
-    own = ("5 out of the last 11 calls to <function make_step.<locals>.step at 0x7f> triggered "
-           "tf.function retracing. Tracing is expensive")
-    other = "5 out of the last 11 calls to <function train_step at 0x7f> triggered tf.function retracing."
-    logger = logging.getLogger("tensorflow")
-    before = list(logger.filters)
-    with caplog.at_level(logging.WARNING, logger="tensorflow"):
-        with quiet_retracing("make_step.<locals>.step"):
-            logger.warning(own)
-            logger.warning(other)
-            logger.warning("something else")
-        logger.warning(own)
-    assert [r.getMessage() for r in caplog.records] == [other, "something else", own]
-    assert logger.filters == before
-
-
-def test_quiet_retracing_needs_function_names():
-    with pytest.raises(ValueError, match=r"Received: functions=\(\)"):
-        with quiet_retracing():
-            pass
-    with pytest.raises(TypeError, match=r"Received: functions\[0\]=3"):
-        with quiet_retracing(3):
-            pass
 
 
 def _tiny_models(n):

@@ -47,7 +47,7 @@ EXPLAIN_KINDS = (None, "gradcam", "gradcam++", "lime")
 """What :func:`predict_files` can draw over each image (``None``: no overlay)."""
 MAX_UPSAMPLING = 8
 """An image more than this many times smaller than the model input on a side is refused."""
-RESIZE = "tf.image.resize(method='area'), clipped to [0, 1] (osteo_tf.pipeline)"
+RESIZE = "cv2.resize(interpolation=INTER_AREA), clipped to [0, 1] (osteo_tf.preprocessing.resize)"
 
 
 class BadImage(ValueError):

@@ -3,13 +3,14 @@
 One function, :func:`make_dataset`, turns the rows of a split manifest into a batched
 ``tf.data.Dataset`` of ``(images, labels)`` ready for ``model.fit``:
 
-1. decode every file with :func:`osteo_tf.io.load_xray` (PNG/JPEG/TIFF/BMP at full bit depth,
-   DICOM) inside a parallel ``map`` (Pillow and OpenCV release the GIL, so AUTOTUNE threads
-   really run in parallel);
+1. decode every file inside a parallel ``map``: grey 8/16-bit PNGs with OpenCV
+   (:func:`fast_decode`), everything else with :func:`osteo_tf.io.load_xray` (PNG/JPEG/TIFF/BMP
+   at full bit depth, DICOM); Pillow and OpenCV release the GIL, so AUTOTUNE threads really run
+   in parallel;
 2. apply the deterministic preprocessing steps (``osteo_tf.preprocessing.STEPS`` by name) and
-   resize; expensive steps (BM3D, non-local means) are computed beforehand by
-   :func:`osteo_tf.cache.cached_apply_steps` in a process pool with a content-addressed
-   disk cache, so a rerun costs almost nothing;
+   the area resize (``preprocessing.resize``); expensive steps (BM3D, non-local means) are
+   computed beforehand by :func:`osteo_tf.cache.cached_apply_steps` in a process pool with a
+   content-addressed disk cache, so a rerun costs almost nothing;
 3. ``cache()`` the decoded, preprocessed grey images at model size, compactly
    (:data:`CACHE_DTYPE`: float16, 2 bytes a pixel against the 12 of a float32 RGB copy), in
    memory (or in a file), so later epochs skip all of the above;
@@ -66,10 +67,11 @@ def intensity_steps(intensity: str) -> list[tuple[str, dict]]:
 
 
 def preprocess_image(image: np.ndarray, *, image_size: int | tuple[int, int], steps: Sequence = ()) -> np.ndarray:
-    """Deterministic preprocessing of one decoded image: ``steps`` then resize (NumPy twin of the pipeline).
+    """Deterministic preprocessing of one decoded image: ``steps`` then the area resize.
 
-    The tf.data pipeline resizes with ``tf.image.resize(method="area")``; this function calls the
-    very same op, so arrays from here and batches from :func:`make_dataset` are identical.
+    The very function every element of :func:`image_dataset` goes through (training,
+    evaluation and inference), so arrays from here and batches from :func:`make_dataset` are
+    identical up to the cache's rounding (:func:`cache_round_trip`).
 
     Args:
         image: (H, W) float32 in [0, 1].
@@ -84,7 +86,7 @@ def preprocess_image(image: np.ndarray, *, image_size: int | tuple[int, int], st
     steps = preprocessing.validate_steps(steps)
     if steps:
         image = preprocessing.apply_steps(image, steps)
-    return np.asarray(_resize_tf(image, _size(image_size)))
+    return preprocessing.resize(np.asarray(image, np.float32), _size(image_size), interpolation="area")
 
 
 def _size(image_size) -> tuple[int, int]:
@@ -94,38 +96,17 @@ def _size(image_size) -> tuple[int, int]:
     return (int(h), int(w))
 
 
-def _resize_tf(image, size: tuple[int, int]):
-    """The graph twin of :func:`osteo_tf.preprocessing.resize` with ``interpolation="area"``.
-
-    (H, W) -> (h, w) float32 in [0, 1] (a no-op at the same size), written with
-    ``tf.image.resize(method="area")`` so it runs inside the tf.data graph: grey PNGs decoded by
-    TensorFlow itself are resized without a round trip through Python and its GIL. TensorFlow's
-    area weights are not OpenCV's ``INTER_AREA`` arithmetic: when shrinking by a non-integer
-    factor the two differ by a few 1e-5 (float rounding; the parity test bounds it by 1e-4), and
-    they agree exactly at the same size and when enlarging by an integer factor. Every image of
-    :func:`image_dataset`, :func:`make_dataset`, :func:`load_for_inference` and
-    :func:`preprocess_image` goes through this one function, so training, evaluation and
-    inference see the same pixels; a ``("resize", ...)`` step inside ``steps`` is
-    ``preprocessing.resize`` (OpenCV).
-    """
-    import tensorflow as tf
-
-    x = tf.convert_to_tensor(image, tf.float32)[..., tf.newaxis]
-    x = tf.image.resize(x, size, method="area")
-    return tf.clip_by_value(x[..., 0], 0.0, 1.0)
-
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def native_decodable(path: str) -> bool:
-    """True for a grey 8/16-bit PNG without EXIF: TensorFlow's decoder then gives ``load_xray``'s pixels.
+    """True for a grey 8/16-bit PNG without EXIF: OpenCV's decoder then gives ``load_xray``'s pixels.
 
-    ``load_xray`` scales 8-bit by 1/255 and 16-bit by 1/65535; ``tf.io.decode_png(dtype=uint16)``
-    expands 8-bit values v to v*257, and v*257/65535 == v/255 exactly in float32 (both are the
-    correctly rounded quotient of the same rational). Anything else (colour, palette, an eXIf
-    orientation chunk, JPEG, TIFF, DICOM...) goes through ``load_xray``. Reads only the chunk
-    headers before the image data.
+    ``load_xray`` (Pillow) scales 8-bit by 1/255 and 16-bit by 1/65535; ``cv2.imdecode`` with
+    ``IMREAD_UNCHANGED`` returns the same stored values (PNG is lossless, neither applies gamma),
+    scaled the same way by :func:`fast_decode`. Anything else (colour, palette, an eXIf
+    orientation chunk, transparency, JPEG, TIFF, DICOM...) goes through ``load_xray``. Reads only
+    the chunk headers before the image data.
     """
     import struct
 
@@ -155,83 +136,80 @@ def native_decodable(path: str) -> bool:
         return False
 
 
+def fast_decode(path: str) -> np.ndarray | None:
+    """A :func:`native_decodable` PNG decoded by OpenCV (which releases the GIL), as ``load_xray``
+    would return it: (H, W) float32 in [0, 1]. ``None`` when OpenCV cannot decode the file
+    (truncated, corrupt): the caller then asks ``load_xray`` for the reason."""
+    import cv2
+
+    raw = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 2 or raw.dtype not in (np.uint8, np.uint16):
+        return None
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / 255.0  # load_xray's exact arithmetic for each depth
+    return (raw.astype(np.float64) / 65535).astype(np.float32)
+
+
 def decode_and_preprocess(path: str, *, image_size, steps: Sequence = ()) -> np.ndarray:
-    """Load one file and preprocess it (the NumPy twin of what the tf.data map does)."""
+    """Load one file and preprocess it (what the tf.data map does to one path)."""
     from osteo_tf.io import load_xray
 
     return preprocess_image(load_xray(path), image_size=image_size, steps=steps)
 
 
-def image_dataset(paths: Sequence[str], *, image_size, steps: Sequence = (), n_jobs: int | None = None,
-                  allow_native: bool = True):
+def image_dataset(paths: Sequence[str], *, image_size, steps: Sequence = (), n_jobs: int | None = None):
     """``tf.data.Dataset`` of ``(image (h, w) float32, ok bool)``, one element per path, in order.
 
-    Grey PNGs without steps are decoded by TensorFlow in parallel (no GIL); other files by
-    :func:`osteo_tf.io.load_xray` plus the cheap steps inside the map; expensive steps
-    (:data:`EXPENSIVE_STEPS`) are precomputed in a process pool with the disk cache. Every image
-    is then resized by the same TensorFlow area resize. A file that fails gives ``ok=False``
-    (logged with its reason) instead of stopping the run; on the native path a corrupt PNG is
-    dropped with a logged warning instead (``allow_native=False`` keeps one element per path).
+    Each element is made by one Python function inside a parallel ``map``: grey 8/16-bit PNGs
+    (:func:`native_decodable`) are decoded by OpenCV (:func:`fast_decode`), other files by
+    :func:`osteo_tf.io.load_xray`; then the cheap steps and the area resize
+    (``preprocessing.resize``, OpenCV's ``INTER_AREA``), all of which release the GIL, so the
+    map's threads run in parallel. Expensive steps (:data:`EXPENSIVE_STEPS`) are precomputed in a
+    process pool with the disk cache. A file that fails gives a zero image with ``ok=False``
+    (logged with its reason) instead of stopping the run.
     """
     import tensorflow as tf
 
     from osteo_tf import preprocessing
-    from osteo_tf.io import ImageLoadError
+    from osteo_tf.io import ImageLoadError, load_xray
 
     steps = preprocessing.validate_steps(steps)
     size = _size(image_size)
     paths = [str(p) for p in paths]
+    pre, tail = None, steps
     if any(name in EXPENSIVE_STEPS for name, _ in steps):
         from osteo_tf import cache as step_cache
 
         last = max(i for i, (n, _) in enumerate(steps) if n in EXPENSIVE_STEPS)
         head, tail = steps[: last + 1], steps[last + 1 :]
         pre = step_cache.cached_apply_steps(paths, head, n_jobs=n_jobs)  # None where a file failed
-
-        def _np(i):
-            img = pre[int(i)]
-            if img is None:
-                return np.zeros((1, 1), np.float32), np.bool_(False)
-            out = preprocessing.apply_steps(img, tail) if tail else img
-            return np.asarray(out, np.float32), np.bool_(True)
-
-        source = tf.data.Dataset.range(len(paths))
-        native = False
+        fast = [False] * len(paths)
     else:
-        def _np(path):
-            from osteo_tf import preprocessing
-            from osteo_tf.io import load_xray
+        fast = [native_decodable(p) for p in paths]
 
-            p = path.decode() if isinstance(path, bytes) else str(path)
-            try:
-                img = load_xray(p)
-                if steps:
-                    img = preprocessing.apply_steps(img, steps)
-                return np.asarray(img, np.float32), np.bool_(True)
-            except ImageLoadError as exc:
-                log.warning("skipping %s", exc)
-                return np.zeros((1, 1), np.float32), np.bool_(False)
+    def _np(i):
+        i = int(i)
+        try:
+            if pre is not None:
+                img = pre[i]
+                if img is None:  # cached_apply_steps logged the reason
+                    return np.zeros(size, np.float32), np.bool_(False)
+            else:
+                img = fast_decode(paths[i]) if fast[i] else None
+                if img is None:
+                    img = load_xray(paths[i])
+            return preprocess_image(img, image_size=size, steps=tail), np.bool_(True)
+        except ImageLoadError as exc:
+            log.warning("skipping %s", exc)
+            return np.zeros(size, np.float32), np.bool_(False)
 
-        source = tf.data.Dataset.from_tensor_slices(paths)
-        # Grey PNGs decode bitwise-identically in TF, without the GIL: use it when every file qualifies.
-        native = allow_native and bool(paths) and not steps and all(native_decodable(p) for p in paths)
-
-    def _py(item):
-        img, ok = tf.numpy_function(_np, [item], [tf.float32, tf.bool], stateful=False)
-        img.set_shape([None, None])
+    def _load(i):
+        img, ok = tf.numpy_function(_np, [i], [tf.float32, tf.bool], stateful=False)
+        img.set_shape(size)
         ok.set_shape([])
         return img, ok
 
-    def _native(path):
-        raw = tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint16)
-        return tf.cast(raw[..., 0], tf.float32) / 65535.0, tf.constant(True)
-
-    def _load(item):
-        img, ok = _native(item) if native else _py(item)
-        return _resize_tf(img, size), ok
-
-    ds = source.map(_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.ignore_errors(log_warning=True) if native else ds
+    return tf.data.Dataset.range(len(paths)).map(_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def encode_labels(labels: Sequence, class_names: Sequence[str], *, label_mode: str = "categorical") -> np.ndarray:
@@ -418,7 +396,7 @@ def load_for_inference(paths: Sequence[str], *, image_size, steps: Sequence = ()
     """
     size = _size(image_size)
     images, ok = [], []
-    for img, good in image_dataset(paths, image_size=size, steps=steps, allow_native=False):
+    for img, good in image_dataset(paths, image_size=size, steps=steps):
         images.append(img.numpy())
         ok.append(bool(good.numpy()))
     x = np.stack(images) if images else np.zeros((0, *size), np.float32)

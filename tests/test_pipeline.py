@@ -86,9 +86,9 @@ def test_native_png_decode_is_bitwise_load_xray(tmp_path):
         img = rng.random((20, 30)).astype(np.float32)
         p = tmp_path / f"g{bits}.png"
         io.save_png(img, p, bit_depth=bits)
+        assert pipeline.native_decodable(str(p))
+        np.testing.assert_array_equal(pipeline.fast_decode(str(p)), io.load_xray(p))
         (a, _), = list(pipeline.image_dataset([str(p)], image_size=(20, 30)))
-        (b, _), = list(pipeline.image_dataset([str(p)], image_size=(20, 30), allow_native=False))
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
         np.testing.assert_array_equal(a.numpy(), io.load_xray(p))
 
 
@@ -151,18 +151,25 @@ def test_each_study_pipeline_yields_batches(tmp_path, study):
     assert y.shape == ((3, 1) if mode == "binary" else (3, 2))
 
 
-@pytest.mark.parametrize("src, dst", [((256, 256), (224, 224)), ((300, 200), (224, 150)), ((97, 97), (64, 64)),
-                                      ((40, 40), (40, 40)), ((32, 48), (64, 96))])
-def test_graph_resize_is_the_twin_of_preprocessing_resize(src, dst):
-    from osteo_tf import preprocessing
+def test_every_element_is_preprocess_image_of_load_xray(tmp_path):
+    """The tf.data map (OpenCV decode for grey PNGs, load_xray otherwise, then the area resize)
+    gives preprocess_image(load_xray(path)) for every file, at a shrinking, non-integer size."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for k, (bits, shape) in enumerate([(8, (97, 131)), (16, (256, 256)), (8, (40, 40))]):
+        p = tmp_path / f"g{k}.png"
+        io.save_png(rng.random(shape).astype(np.float32), p, bit_depth=bits)
+        paths.append(str(p))
+    rgb = tmp_path / "rgb.png"
+    from PIL import Image
 
-    img = np.random.default_rng(0).random(src).astype(np.float32)
-    ours = np.asarray(pipeline._resize_tf(img, dst))
-    opencv = preprocessing.resize(img, dst, interpolation="area")
-    assert ours.shape == opencv.shape == dst and ours.dtype == np.float32
-    assert float(np.abs(ours - opencv).max()) <= 1e-4
-    if src == dst or (dst[0] % src[0] == 0 and dst[1] % src[1] == 0):
-        np.testing.assert_array_equal(ours, opencv)  # same size, or enlarging by an integer factor
+    Image.fromarray((rng.random((50, 60, 3)) * 255).astype(np.uint8)).save(rgb)
+    paths.append(str(rgb))
+    assert [pipeline.native_decodable(p) for p in paths] == [True, True, True, False]
+    got = [img.numpy() for img, ok in pipeline.image_dataset(paths, image_size=(37, 41))]
+    for p, g in zip(paths, got):
+        np.testing.assert_array_equal(g, pipeline.preprocess_image(io.load_xray(p), image_size=(37, 41)))
+    assert all(g.shape == (37, 41) and 0.0 <= g.min() and g.max() <= 1.0 for g in got)
 
 
 def test_steps_are_checked_by_the_one_preprocessing_validator():

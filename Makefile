@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 GPU ?= 0
 STAMP := $(VENV)/.installed$(if $(filter 1,$(GPU)),-gpu)
 PROFILE ?= quick
+# studies run at once (osteo-tf run --jobs): 2 for the CPU profiles (a study keeps about one core busy),
+# 1 for full (a GPU's memory is not shared between studies)
+JOBS ?= $(if $(filter full,$(PROFILE)),1,2)
 OUT ?= reports
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
@@ -42,7 +45,7 @@ lab: $(STAMP)
 # `make reports PROFILE=smoke` for a fast check, `PROFILE=full-smoke` for the paper protocol's code path on a
 # CPU, `GPU=1 PROFILE=full` on a GPU machine; OUT=DIR writes elsewhere.
 reports: $(STAMP)
-	$(BIN)/osteo-tf run all --profile $(PROFILE) --out $(OUT)
+	$(BIN)/osteo-tf run all --profile $(PROFILE) --out $(OUT) --jobs $(JOBS)
 
 gpu-check: $(STAMP)
 	$(BIN)/python -c "import tensorflow as tf; g = tf.config.list_physical_devices('GPU'); print(f'TensorFlow {tf.__version__} sees {len(g)} GPU(s): {g}')"

@@ -118,16 +118,35 @@ def versions() -> dict[str, str]:
 def synthetic_dataset(mode: str, *, classes: int = 2, patients: int = 100, preset: str = "default",
                       size: int | None = None, seed: int = 0, images_per_patient: int | None = None,
                       root: str | Path | None = None) -> Path:
-    """Generate (once) and return the folder of a synthetic dataset; reruns reuse it."""
+    """Generate (once) and return the folder of a synthetic dataset; reruns reuse it.
+
+    The files are written into a temporary sibling folder renamed into place when complete, so
+    studies running at once (``osteo-tf run --jobs``) never read a half-written dataset; when two
+    generate the same one, the second rename loses and its identical copy is removed.
+    """
+    import os
+    import shutil
+
     from osteo_tf import synthetic
 
     root = Path(root) if root else default_data_dir() / "synthetic"
     ipp = "r" if images_per_patient is None else str(images_per_patient)
     folder = root / (f"{mode}-{classes}c-{preset}-p{patients}-s{size or 'default'}-i{ipp}-seed{seed}"
                      f"-v{synthetic.GENERATOR_VERSION}")
-    if not (folder / "metadata.csv").exists():
-        synthetic.write_dataset(folder, mode=mode, classes=classes, patients=patients, preset=preset,
-                                size=size, seed=seed, images_per_patient=images_per_patient)
+    if (folder / "metadata.csv").exists():
+        return folder
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    synthetic.write_dataset(tmp, mode=mode, classes=classes, patients=patients, preset=preset,
+                            size=size, seed=seed, images_per_patient=images_per_patient)
+    if folder.exists() and not (folder / "metadata.csv").exists():
+        shutil.rmtree(folder, ignore_errors=True)  # left by an interrupted run of an older version
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process completed the same dataset first
+        if not (folder / "metadata.csv").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

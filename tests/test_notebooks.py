@@ -90,7 +90,7 @@ def test_unknown_parameter_is_rejected_before_running(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def smoke_reports(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
-    code = cli.main(["run", "all", "--profile", "smoke", "--out", str(out)])
+    code = cli.main(["run", "all", "--profile", "smoke", "--out", str(out), "--jobs", "2"])  # two kernels at once
     return out, code
 
 

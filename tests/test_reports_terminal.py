@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from osteo_tf import _kernel, _progress, reports
 
@@ -99,6 +100,42 @@ def test_one_progress_line_per_study_with_position_and_total(tmp_path, monkeypat
     assert re.fullmatch(r"\[1/2\] 00-dataset-card ok in \d+ s \(total \d+ s\)", lines[1]), lines
     assert re.fullmatch(r"\[2/2\] 01-calcaneus-augmentation ok in \d+ s \(total \d+ s\)", lines[2]), lines
     assert len(lines) == 3
+
+
+def test_jobs_run_studies_at_once_longest_first_and_return_them_in_order(tmp_path, monkeypatch):
+    import threading
+
+    import papermill
+
+    (tmp_path / "03-knee-same-domain-transfer").mkdir()  # a previous run's time: started first
+    (tmp_path / "03-knee-same-domain-transfer" / "status.json").write_text('{"seconds": 300}')
+    started, running, peak, lock = [], [0], [0], threading.Lock()
+    both = threading.Barrier(2, timeout=30)
+
+    def fake_execute(src, dst, **kwargs):
+        assert kwargs["progress_bar"]["disable"] is True  # no interleaved bars
+        with lock:
+            started.append(Path(dst).stem)
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        if len(started) <= 2:
+            both.wait()  # the first two really overlap
+        nbformat.write(nbformat.read(src, as_version=4), dst)
+        with lock:
+            running[0] -= 1
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    lines = []
+    runs = reports.run_studies(["00", "01", "03"], profile="smoke", out=tmp_path, progress=lines.append, jobs=2)
+    assert [r.study for r in runs] == ["00-dataset-card", "01-calcaneus-augmentation", "03-knee-same-domain-transfer"]
+    assert [r.status for r in runs] == ["ok"] * 3
+    assert started[2] == "01-calcaneus-augmentation" and peak[0] == 2  # 03 (300 s last time) went first
+    assert lines[0] == f"running 3 studies (smoke profile, 2 at a time) -> {tmp_path.resolve()}"
+    assert sorted(ln.split()[1] for ln in lines[1:]) == [r.study for r in runs]
+    assert all(re.fullmatch(r"\[\d/3\] \S+ ok in \d+ s \(total \d+ s\)", ln) for ln in lines[1:]), lines
+    assert (tmp_path / "index.html").exists()
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        reports.run_studies(["00"], profile="smoke", out=tmp_path, jobs=0)
 
 
 def test_progress_without_a_terminal_is_the_plain_iterable(monkeypatch, tmp_path):

@@ -131,6 +131,14 @@ class StudySettings:
     runs (patients, epochs, folds, trials, samples) may change, never models, image sizes, heads
     or recipes; ``allow_random_init`` is set explicitly (there are no ImageNet files offline)."""
 
+    WITH_WEIGHTS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    """Per CPU profile (``quick``): the values that replace the profile's stand-in models with the
+    paper's (lighter ones, at reduced size) when the ImageNet weights files of every paper model
+    they name are on disk (:meth:`paper_weights`); without them the profile's own values stay."""
+
+    STANDIN_NOTE: ClassVar[str] = ""
+    """Why the CPU profiles' stand-in models were chosen (what was measured), for the report."""
+
     STRATEGIES: ClassVar[tuple[str, ...]] = ("auto", "none", "mirrored", "multiworker")
 
     PRESETS: ClassVar[tuple[str, ...]] = ("easy", "default", "hard", "realistic")
@@ -168,7 +176,76 @@ class StudySettings:
         """The field values of ``profile`` (``full-smoke``: ``full``'s, updated by :attr:`FULL_SMOKE`)."""
         if profile == "full-smoke" and "full" in cls.PROFILES:
             return {**cls.PROFILES["full"], "allow_random_init": True, **cls.FULL_SMOKE}
-        return dict(cls.PROFILES[profile])
+        values = dict(cls.PROFILES[profile])
+        if profile in cls.WITH_WEIGHTS and all(path is not None for path in cls.paper_weights(profile).values()):
+            values.update(cls.WITH_WEIGHTS[profile])
+        return values
+
+    @classmethod
+    def paper_weights(cls, profile: str) -> dict[str, Any]:
+        """The ImageNet weights files the paper models of ``WITH_WEIGHTS[profile]`` need: model
+        name -> the file found in ``$KERAS_HOME/models`` (``~/.keras/models``), or ``None`` when it
+        is not there. Empty when the profile has no paper-model variant."""
+        from osteo_tf import models
+
+        if profile not in cls.WITH_WEIGHTS:
+            return {}
+        size = cls._paper_input_size(profile)
+        return {name: models.local_weights_file(name, (size, size, 3)) for name in cls._paper_models(profile)}
+
+    @classmethod
+    def _paper_input_size(cls, profile: str) -> int:
+        values = {**cls.PROFILES.get(profile, {}), **cls.WITH_WEIGHTS.get(profile, {})}
+        return int(values.get("image_size") or values.get("baseline_size") or 224)
+
+    @classmethod
+    def _paper_models(cls, profile: str) -> list[str]:
+        """The registry models with Keras ImageNet weights that ``WITH_WEIGHTS[profile]`` names."""
+        from osteo_tf import models
+
+        names = []
+        for value in cls.WITH_WEIGHTS.get(profile, {}).values():
+            for name in (value if isinstance(value, tuple) else (value,)):
+                if isinstance(name, str) and name in models.names() and models.get_spec(name).imagenet:
+                    names.append(name)
+        return list(dict.fromkeys(names))
+
+    def model_choice(self) -> str:
+        """One sentence for the report: which models this run trains and why (the paper's with
+        their ImageNet weights, or stand-ins because the weights files are not on disk)."""
+        if self.profile not in self.WITH_WEIGHTS:
+            return ""
+        from osteo_tf import models
+
+        files = self.paper_weights(self.profile)
+        paper = ", ".join(files)
+        if all(path is not None for path in files.values()):
+            return (f"Paper models {paper} from their ImageNet weights (found: "
+                    + ", ".join(str(p) for p in files.values()) + ").")
+        size = self._paper_input_size(self.profile)
+        missing = [str(models.expected_weights_file(n, (size, size, 3))) for n, p in files.items() if p is None]
+        return (f"Stand-in models: the ImageNet weights of the paper's {paper} are not on disk "
+                f"({', '.join(missing)} in {models.keras_models_dir()}), so this profile trains "
+                f"{self.standin_models()} in their place. {self.STANDIN_NOTE}").strip()
+
+    def standin_models(self) -> str:
+        """The models of this run that the paper-model variant would replace (:meth:`model_choice`)."""
+        variant = self.WITH_WEIGHTS.get(self.profile, {})
+        known = self._model_names()
+        names = []
+        for field_name, value in variant.items():
+            ours = getattr(self, field_name)
+            theirs = value if isinstance(value, tuple) else (value,)
+            for name in (ours if isinstance(ours, tuple) else (ours,)):
+                if isinstance(name, str) and name in known and name not in theirs:
+                    names.append(name)
+        return ", ".join(dict.fromkeys(names)) or "(none)"
+
+    @staticmethod
+    def _model_names() -> list[str]:
+        from osteo_tf import models
+
+        return models.names()
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -210,6 +287,9 @@ class StudySettings:
             theirs = _show(getattr(full, name)) if full is not None else ""
             rows.append({"setting": name, "this run": ours, "paper protocol (full profile)": theirs,
                          "differs": full is not None and ours != theirs})
+        if choice_text := self.model_choice():
+            rows.append({"setting": "model choice", "this run": choice_text, "paper protocol (full profile)": "",
+                         "differs": False})
         return pd.DataFrame(rows)
 
 

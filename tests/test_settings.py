@@ -91,7 +91,7 @@ def test_every_study_writes_each_profile_once_beside_its_settings(name):
         assert set(values) - COMMON == fields, (profile, sorted(fields ^ (set(values) - COMMON)))
         s = cls.for_profile(profile)
         assert s.profile == profile
-        assert len(s.table()) == len(cls.field_names())
+        assert len(s.table()) == len(cls.field_names()) + bool(s.model_choice())  # + the "model choice" row
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -158,3 +158,37 @@ def test_strategy_is_a_checked_setting_of_every_study():
         assert _settings_class(name).for_profile("smoke", strategy="mirrored").strategy == "mirrored"
     with pytest.raises(ValueError, match=r"strategy must be one of \['auto', 'none', 'mirrored', 'multiworker'\]"):
         _settings_class("study02").for_profile("smoke", strategy="tpu")
+
+
+@pytest.mark.parametrize("study, paper_field, paper_models", [
+    ("study01", "models", ("study01_cnn", "mobilenetv2")),
+    ("study02", "model", "resnet50"),
+    ("study04", "transfer_models", ("densenet121",)),
+    ("study05", "models", ("efficientnetb0", "mobilenetv3small")),
+])
+def test_quick_profile_trains_the_paper_models_when_their_imagenet_files_are_on_disk(
+        tmp_path, monkeypatch, study, paper_field, paper_models):
+    import importlib
+
+    from osteo_tf import models
+
+    Settings = importlib.import_module(f"osteo_tf.workflows.{study}").Settings
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    standin = Settings.for_profile("quick")
+    assert getattr(standin, paper_field) != paper_models
+    choice = standin.table().set_index("setting").loc["model choice", "this run"]
+    assert choice.startswith("Stand-in models") and str(tmp_path / "models") in choice
+    needed = Settings.paper_weights("quick")
+    assert needed and all(v is None for v in needed.values())
+    size = Settings.for_profile("quick").image_size if study != "study01" else 96
+    (tmp_path / "models").mkdir()
+    for name in needed:  # where the README says to put them (the contents are not read here)
+        (tmp_path / "models" / models.expected_weights_file(name, (size, size, 3))).write_bytes(b"")
+    paper = Settings.for_profile("quick")
+    assert getattr(paper, paper_field) == paper_models
+    assert paper.table().set_index("setting").loc["model choice", "this run"].startswith(
+        f"Paper models {', '.join(needed)} from their ImageNet weights")
+    chosen = {k: standin.as_dict()[k] for k in Settings.WITH_WEIGHTS["quick"] if k in (paper_field, "mask_models")}
+    overridden = Settings.for_profile("quick", **chosen)
+    assert getattr(overridden, paper_field) == getattr(standin, paper_field)  # an explicit choice wins
+    assert Settings.for_profile("full").table()["setting"].tolist()[-1] != "model choice"

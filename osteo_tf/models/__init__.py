@@ -20,7 +20,7 @@ leaf; ``applications``, ``classic`` and ``studies`` import only ``spec`` and exp
 the data tuple ``SPECS``; ``registry`` assembles them (backbones, classic, studies) and builds.
 """
 
-from osteo_tf.models.applications import KERAS_WEIGHTS_DIR
+from osteo_tf.models.applications import KERAS_WEIGHTS_DIR, keras_models_dir
 from osteo_tf.models.registry import (
     SPECS,
     backbone_layers,
@@ -30,6 +30,7 @@ from osteo_tf.models.registry import (
     get_spec,
     head_layers,
     info_dict,
+    local_weights_file,
     names,
     param_table,
     set_trainable,
@@ -66,6 +67,8 @@ __all__ = [
     "get_spec",
     "head_layers",
     "info_dict",
+    "keras_models_dir",
+    "local_weights_file",
     "names",
     "param_table",
     "grey_to_trunk",

@@ -144,6 +144,15 @@ def expected_weights_file(name: str, input_shape: Sequence[int], head: str | Non
     return applications.weights_file_name(spec.name, tuple(input_shape), head or spec.default_head)
 
 
+def local_weights_file(name: str, input_shape: Sequence[int], head: str | None = None) -> Path | None:
+    """The ImageNet weights file of registry model ``name`` when it is already on disk (in
+    ``applications.keras_models_dir()``), else ``None`` (also for models without Keras weights)."""
+    spec = get_spec(name)
+    if not spec.imagenet:
+        return None
+    return applications.local_weights_file(spec.name, tuple(input_shape), head or spec.default_head)
+
+
 def _unavailable_message(spec: ModelSpec, input_shape: tuple[int, ...], head: str, err: Any) -> str:
     if not spec.imagenet:
         return (

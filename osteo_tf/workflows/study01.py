@@ -86,6 +86,11 @@ class Settings(_settings.StudySettings):
     FULL_SMOKE = {"patients": 10, "epochs": 1, "sets": ("C",), "kfold": 2, "kfold_models": ("study01_cnn",)}
     """Every E1-E4 model on set C (the 9x set holds the A and B transforms; tracing six models per set
     is most of the CPU time), the E6 vote, and E7 k-fold for the small CNN on two folds."""
+    WITH_WEIGHTS = {"quick": {"models": ("study01_cnn", "mobilenetv2"), "image_size": 96}}
+    """With MobileNetV2's ImageNet file (96 px rows) on disk, the quick profile trains the paper's
+    lightest transfer model, MobileNetV2, at 96 px instead of the ResNet-18 stand-in."""
+    STANDIN_NOTE = ("ResNet-18 (not a model of the paper) from random initialisation stands in for the paper's "
+                    "transfer models, beside the paper's own small CNN.")
 
     def check(self) -> None:
         _settings.positive(self, "image_size", "epochs", "patients", "batch_size")

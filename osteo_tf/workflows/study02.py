@@ -153,6 +153,11 @@ class Settings(_settings.StudySettings):
                  "denoisers": ("bm3d_lc", "bm3d_lc_est", "bm3d_np", "nlmeans", "gaussian", "mean", "median")},
     }
     FULL_SMOKE = {"patients": 8, "epochs": 1, "denoise_images": 2}
+    WITH_WEIGHTS = {"quick": {"model": "resnet50", "intensity": "none", "learning_rate": 1e-4, "epochs": 5}}
+    """With ResNet50's ImageNet file on disk, the quick profile fine-tunes the paper's ResNet50 at
+    96 px (the paper's scaling and learning rate, 5 epochs) instead of the compact_cnn stand-in."""
+    STANDIN_NOTE = ("compact_cnn (61k parameters, not a model of the paper) is trained from scratch on per-image "
+                    "standardized images; its rows are compared with the paper's ResNet50.")
 
     def check(self) -> None:
         _settings.positive(self, "image_size", "epochs", "batch_size", "patients", "denoise_images",

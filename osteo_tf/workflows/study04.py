@@ -144,6 +144,13 @@ class Settings(_settings.StudySettings):
     }
     FULL_SMOKE = {"patients": 40, "approach1_epochs": 1, "approach2_epochs": 1, "small_epochs": 1,
                   "tuner_trials": 1, "tuner_epochs": 1}
+    WITH_WEIGHTS = {"quick": {"transfer_models": ("densenet121",), "approach2_epochs": 5, "transfer_lr": 1e-4,
+                              "intensity": "none"}}
+    """With DenseNet121's ImageNet file on disk, approaches 1 and 2 use the paper's DenseNet121 at
+    128 px (the paper's learning rate; approach 2 for 5 epochs) instead of the ResNet-18 stand-in,
+    which Keras has no ImageNet weights for."""
+    STANDIN_NOTE = ("ResNet-18 (the paper's, built by osteo_tf; Keras has no ImageNet weights for it) from random "
+                    "initialisation: approach 2 then trains a head on random features.")
 
     def check(self) -> None:
         _settings.choice(self, "approaches", APPROACHES)

@@ -279,5 +279,40 @@ def report_table(settings, records: Sequence[dict], *, measure_missing: bool = T
     return table
 
 
-__all__ = ["training_plan", "measured_step_seconds", "time_steps", "plan_studies", "format_plan", "report_table",
+def check_full_smoke(out: str | Path, studies: Sequence[str] | None = None) -> list[str]:
+    """What a ``full-smoke`` run in ``out`` is missing: for every study with paper trainings (of
+    ``studies``, names as ``osteo_tf.studies`` registers them; ``None``: all), a
+    ``status.json`` that says ok, a ``metrics.json`` of the ``full-smoke`` profile that records its
+    ``runtime`` (strategy, replicas, precision, XLA), and a result for every model the ``full``
+    profile trains (:func:`training_plan`; a record may name the paper's model, e.g. study 05's
+    ``mobilenetv3`` for ``mobilenetv3large``). Returns one line per problem (empty: complete)."""
+    from osteo_tf.studies import STUDIES
+
+    problems = []
+    for name, st in STUDIES.items():
+        if st.workflow not in PLANNERS or (studies is not None and name not in studies):
+            continue
+        folder = Path(out) / name
+        try:
+            status = json.loads((folder / "status.json").read_text())
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(f"{name}: no readable status.json and metrics.json ({exc})")
+            continue
+        if status.get("status") != "ok":
+            problems.append(f"{name}: status {status.get('status')!r} ({status.get('error')})")
+        if metrics.get("profile") != "full-smoke":
+            problems.append(f"{name}: metrics.json is of profile {metrics.get('profile')!r}, not 'full-smoke'")
+        runtime = metrics.get("runtime") or {}
+        absent = [k for k in ("strategy", "replicas", "precision", "xla") if k not in runtime]
+        if absent:
+            problems.append(f"{name}: metrics.json runtime lacks {absent}")
+        recorded = {str(r.get("model")) for r in metrics.get("results", [])}
+        for model in dict.fromkeys(training_plan(st.workflow, "full")["model"]):
+            if not any(model == m or model.startswith(m) for m in recorded):
+                problems.append(f"{name}: no result for {model} (recorded: {sorted(recorded)})")
+    return problems
+
+
+__all__ = ["training_plan", "check_full_smoke", "measured_step_seconds", "time_steps", "plan_studies", "format_plan", "report_table",
            "PLANNERS", "POISSON_MEAN_IMAGES", "STUDY01_SET_FACTOR"]

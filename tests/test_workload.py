@@ -53,3 +53,31 @@ def test_plan_takes_step_times_from_a_full_smoke_run_else_times_them(monkeypatch
     assert cli.main(["run", "02", "--profile", "full", "--plan", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "02-bm3d-resnet50 (full profile): 1320 training steps, 0.73 h on this machine" in out
+
+
+def _fake_full_smoke(out, *, drop=None, status="ok", profile="full-smoke"):
+    from osteo_tf.studies import STUDIES
+
+    for name, st in STUDIES.items():
+        if st.workflow not in workload.PLANNERS:
+            continue
+        (out / name).mkdir(parents=True)
+        models = list(dict.fromkeys(workload.training_plan(st.workflow, "full")["model"]))
+        names = [("mobilenetv3" if m.startswith("mobilenetv3") else m) for m in models if m != drop]
+        (out / name / "status.json").write_text(json.dumps({"status": status, "error": None}))
+        (out / name / "metrics.json").write_text(json.dumps({
+            "profile": profile, "results": [{"model": m} for m in names],
+            "runtime": {"strategy": "none", "replicas": 1, "precision": "mixed_bfloat16", "xla": False}}))
+
+
+def test_check_full_smoke_names_each_missing_model_failed_study_and_wrong_profile(tmp_path):
+    _fake_full_smoke(tmp_path / "complete")
+    assert workload.check_full_smoke(tmp_path / "complete") == []
+    _fake_full_smoke(tmp_path / "no_inception", drop="inceptionv3")
+    assert workload.check_full_smoke(tmp_path / "no_inception") == [
+        "01-calcaneus-augmentation: no result for inceptionv3 (recorded: ['alexnet', 'googlenet', 'mobilenetv2', "
+        "'resnet50', 'study01_cnn'])"]
+    _fake_full_smoke(tmp_path / "quick", profile="quick", status="failed")
+    problems = workload.check_full_smoke(tmp_path / "quick")
+    assert len(problems) == 10 and "02-bm3d-resnet50: status 'failed' (None)" in problems
+    assert len(workload.check_full_smoke(tmp_path / "nothing")) == 5

@@ -359,6 +359,45 @@ def headline_records(study, results: list[dict]) -> list[tuple[dict, dict, str |
     return out
 
 
+BAR_AUC_CI_LOW = 0.65
+"""The quality bar: the lower end of the primary result's 95% AUC interval must reach this."""
+BAR_ABOVE_CHANCE = 0.15
+"""The quality bar: balanced accuracy (at the operating point) at least chance (1/k) plus this."""
+
+
+def quality_bar(study, results: list[dict]) -> list[dict]:
+    """Whether a study's primary clean-protocol result learned (``Study.primary``): AUC 95% CI
+    lower end >= :data:`BAR_AUC_CI_LOW` and balanced accuracy >= 1/k + :data:`BAR_ABOVE_CHANCE`.
+
+    The records of exactly the primary (experiment, model), or, when the run trained another
+    model for that experiment (a CPU profile's stand-in), each clean record of the experiment.
+    Returns one dict per record: ``experiment``, ``model``, ``auc``, ``auc_ci_low``,
+    ``balanced_accuracy``, ``chance``, ``meets`` and a one-line ``verdict``. Empty when the study
+    has no primary result or the run has none of its records.
+    """
+    if study is None or not study.primary:
+        return []
+    exp, model = study.primary
+    clean = [r for r in results if r.get("experiment") == exp and r.get("protocol") in (None, "clean")]
+    chosen = [r for r in clean if r.get("model") == model] or clean
+    rows = []
+    for r in chosen:
+        k = len(r.get("class_names") or ()) or study.classes
+        lo = ((r.get("ci95") or {}).get("auc") or [None])[0]
+        bal = r.get("balanced_accuracy")
+        need = 1.0 / k + BAR_ABOVE_CHANCE
+        meets = lo is not None and bal is not None and lo >= BAR_AUC_CI_LOW and bal >= need
+        verdict = (f"{'meets' if meets else 'below'} the bar: AUC CI low {_fmt(lo)} (>= {BAR_AUC_CI_LOW}), "
+                   f"balanced accuracy {_fmt(bal)} (>= {need:.3f}, chance {1 / k:.3f} + {BAR_ABOVE_CHANCE})")
+        rows.append({"experiment": exp, "model": r.get("model"), "auc": r.get("auc"), "auc_ci_low": lo,
+                     "balanced_accuracy": bal, "chance": 1.0 / k, "meets": bool(meets), "verdict": verdict})
+    return rows
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
+
+
 def forest_rows(study, metrics: Mapping[str, Any], *, keys: Sequence[str] = ("accuracy", "auc")) -> tuple[list, list]:
     """The rows of a study's forest plot (:func:`osteo_tf.plots.study_forest`) from its metrics.json:
     each headline record's ``keys`` with CIs beside the paper's figure for the headline model, and
@@ -430,6 +469,9 @@ def write_index(out: str | Path) -> Path:
                 f"AUC {format_estimate(res.get('auc'), (res.get('ci95') or {}).get('auc'), ci_digits=3)}"
                 f"; paper acc {format_estimate(paper.get('accuracy'))}{other}"
             )
+        bar = "<br>".join(f"{html.escape(str(b['model']))}: <span class='{'ok' if b['meets'] else 'failed'}'>"
+                          f"{html.escape(b['verdict'])}</span>"
+                          for b in quality_bar(study, metrics.get("results", [])))
         link = f"{folder.name}/{folder.name}.html"
         figure = study_figure(folder)
         if figure:
@@ -438,7 +480,7 @@ def write_index(out: str | Path) -> Path:
             f"<tr><td><a href='{html.escape(link)}'>{html.escape(folder.name)}</a></td>"
             f"<td class='{status['status']}'>{status['status']}</td><td>{status.get('profile', '')}</td>"
             f"<td>{status.get('seconds', 0):.0f} s</td>"
-            f"<td>{'<br>'.join(headline) or html.escape(status.get('error') or '')}</td></tr>"
+            f"<td>{'<br>'.join(headline) or html.escape(status.get('error') or '')}</td><td>{bar}</td></tr>"
         )
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>osteo_tf reports</title>
@@ -452,7 +494,10 @@ when this run trained a lighter one); right panel, the paper's comparison as a p
 (b minus a, same test patients) beside the paper's difference (none where the paper reports no such comparison).</p>
 {''.join(figures)}
 <h2>All runs</h2>
-<table><tr><th>study</th><th>status</th><th>profile</th><th>time</th><th>headline (ours vs paper)</th></tr>
+<p>Learned? The primary clean-protocol result of each study against the bar: the lower end of its AUC 95% CI at
+least {BAR_AUC_CI_LOW} and its balanced accuracy (mean of per-class recalls, at the operating point) at least chance
+plus {BAR_ABOVE_CHANCE}.</p>
+<table><tr><th>study</th><th>status</th><th>profile</th><th>time</th><th>headline (ours vs paper)</th><th>learned? (primary result)</th></tr>
 {''.join(rows)}
 </table></body></html>
 """

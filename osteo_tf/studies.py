@@ -25,6 +25,8 @@ class Study:
         classes: number of classes of the default experiment.
         paper: reference results, one dict per (experiment, model).
         headline: (experiment, model) pairs shown in reports/index.html.
+        primary: the one clean-protocol (experiment, model) result the quality bar applies to
+            (``osteo_tf.reports.quality_bar``): the paper's headline comparison's best arm.
         workflow: the module of ``osteo_tf.workflows`` the notebook calls (its ``Settings``
             fields are the notebook's parameters), e.g. "study01".
     """
@@ -37,6 +39,7 @@ class Study:
     paper: list[dict] = field(default_factory=list)
     headline: tuple = ()
     workflow: str = ""
+    primary: tuple = ()
 
     @property
     def notebook(self):
@@ -113,7 +116,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
     Study("01-calcaneus-augmentation",
           "Calcaneus radiographs: offline augmentation sets N/A/B/C, five transfer models, small CNN, majority vote",
           "Study 01 (calcaneus radiographs, offline augmentation, transfer learning): calcaneus ROIs, 87 OP / 87 CN, 400x400", "calcaneus", 2, _S01,
-          (("E4", "resnet50"), ("E6", "majority_vote")), workflow="study01"),
+          (("E4", "resnet50"), ("E6", "majority_vote")), workflow="study01", primary=("E4", "resnet50")),
     Study("02-bm3d-resnet50",
           "Hip/spine X-rays: BM3D denoising + fine-tuned ResNet50, three classes",
           "Study 02 (Kaur, Vivekanandam and Whig, Automated Osteoporosis Classification Using Deep Learning on X-Ray Images): 1200 healthy / 950 osteopenia / 870 osteoporosis", "knee", 3,
@@ -121,19 +124,22 @@ STUDIES: dict[str, Study] = {s.name: s for s in [
             "per_class": {"normal": [0.924, 0.941, 0.932], "osteopenia": [0.887, 0.863, 0.875],
                           "osteoporosis": [0.901, 0.895, 0.898]},
             "psnr_noisy": 21.3, "psnr_denoised": 31.7, "ssim_noisy": 0.65, "ssim_denoised": 0.91}],
-          (("bm3d", "resnet50"),), workflow="study02"),
+          (("bm3d", "resnet50"),), workflow="study02", primary=("bm3d", "resnet50")),
     Study("03-knee-same-domain-transfer",
           "Knee radiographs: ROI + smudging, own multi-branch CNN, same-domain self-supervised pretraining",
           "Study 03 (Diagnosis of Osteoporosis Using Transfer Learning in the Same Domain): dataset A 186+186 images, dataset B 3 classes", "knee", 2, _S03,
-          (("A (2 classes)", "study03_multibranch+pretrain"),), workflow="study03"),
+          (("A (2 classes)", "study03_multibranch+pretrain"),), workflow="study03",
+          primary=("A (2 classes)", "study03_multibranch+pretrain")),
     Study("04-dxa-tbs",
           "Spine DXA: bone quality by TBS range, transfer (all layers / head only) and small tuned CNNs",
           "Study 04 (Gonzalez et al., Bone Quality Classification of DXA Images using CNN Models): 1469 lumbar DXA images, TBS labels, test 139/42", "dxa", 2, _S04,
-          (("approach1", "resnet18"), ("approach3", "study04_model1")), workflow="study04"),
+          (("approach1", "resnet18"), ("approach3", "study04_model1")), workflow="study04",
+          primary=("approach3", "study04_model1")),
     Study("05-knee-explanations",
           "Knee X-rays: EfficientNetB0 / MobileNetV3, LIME and Grad-CAM, LIME-masked retraining",
           "Study 05 (Hosain, Feature-Driven Deep Learning for Osteoporosis Detection): 774 knee X-rays, split 7:2:1", "knee", 2, _S05,
-          (("original", "efficientnetb0"), ("lime-masked", "efficientnetb0")), workflow="study05"),
+          (("original", "efficientnetb0"), ("lime-masked", "efficientnetb0")), workflow="study05",
+          primary=("original", "efficientnetb0")),
     Study("06-leakage-audit",
           "Leakage audit: augment-then-split, image-level splits, test-set reuse, LIME masks from a model that saw the test",
           "Audit of studies 01 and 05's protocols (Yagis et al. 2021; Kapoor and Narayanan 2023)", "calcaneus", 2, [],

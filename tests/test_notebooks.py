@@ -168,6 +168,23 @@ def test_index_headline_falls_back_to_the_profile_model_beside_the_paper_figure(
     assert reports.headline_records(None, records) == []
 
 
+def test_quality_bar_judges_the_primary_clean_result_against_chance_and_the_auc_interval():
+    study = STUDIES["02-bm3d-resnet50"]  # primary (bm3d, resnet50), 3 classes: balanced accuracy >= 1/3 + 0.15
+
+    def rec(model, bal, lo, protocol="clean"):
+        return {"experiment": "bm3d", "model": model, "protocol": protocol, "auc": 0.8, "balanced_accuracy": bal,
+                "ci95": {"auc": [lo, 0.9]}, "class_names": ["normal", "osteopenia", "osteoporosis"]}
+
+    standin = reports.quality_bar(study, [rec("compact_cnn", 0.50, 0.70), rec("compact_cnn", 0.1, 0.1, "paper")])
+    assert [(b["model"], b["meets"]) for b in standin] == [("compact_cnn", True)]
+    assert standin[0]["verdict"].startswith("meets the bar: AUC CI low 0.700 (>= 0.65), balanced accuracy 0.500 (>= 0.483")
+    assert not reports.quality_bar(study, [rec("compact_cnn", 0.48, 0.70)])[0]["meets"]  # 0.48 < 1/3 + 0.15
+    assert not reports.quality_bar(study, [rec("compact_cnn", 0.60, 0.64)])[0]["meets"]
+    exact = reports.quality_bar(study, [rec("compact_cnn", 0.9, 0.9), rec("resnet50", 0.2, 0.5)])
+    assert [(b["model"], b["meets"]) for b in exact] == [("resnet50", False)]  # the paper's model when it ran
+    assert reports.quality_bar(STUDIES["00-dataset-card"], [rec("x", 1, 1)]) == []
+
+
 def test_failing_study_keeps_partial_report_and_fails_the_run(tmp_path):
     code = cli.main(["run", "01", "--profile", "smoke", "--out", str(tmp_path), "-p", "models=no_such_model"])
     assert code == 1

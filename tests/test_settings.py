@@ -119,7 +119,7 @@ FULL_SMOKE_SCALE = {"patients", "patients_a", "patients_b", "unlabeled_patients"
                     "mask_epochs", "approach1_epochs", "approach2_epochs", "small_epochs", "tuner_epochs",
                     "select_epochs", "kfold", "lime_folds", "tuner_trials", "lime_samples", "lime_patients",
                     "denoise_images", "sanity_images", "explain_per_class", "roi_check_images", "sets",
-                    "kfold_models"}
+                    "kfold_models", "baselines_b"}
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)

@@ -387,8 +387,8 @@ def quality_bar(study, results: list[dict]) -> list[dict]:
         bal = r.get("balanced_accuracy")
         need = 1.0 / k + BAR_ABOVE_CHANCE
         meets = lo is not None and bal is not None and lo >= BAR_AUC_CI_LOW and bal >= need
-        verdict = (f"{'meets' if meets else 'below'} the bar: AUC CI low {_fmt(lo)} (>= {BAR_AUC_CI_LOW}), "
-                   f"balanced accuracy {_fmt(bal)} (>= {need:.3f}, chance {1 / k:.3f} + {BAR_ABOVE_CHANCE})")
+        verdict = (f"{'meets' if meets else 'below'} the bar: AUC CI low {_fmt(lo)} (needs >= {BAR_AUC_CI_LOW}), "
+                   f"balanced accuracy {_fmt(bal)} (needs >= {need:.3f}: chance {1 / k:.3f} + {BAR_ABOVE_CHANCE})")
         rows.append({"experiment": exp, "model": r.get("model"), "auc": r.get("auc"), "auc_ci_low": lo,
                      "balanced_accuracy": bal, "chance": 1.0 / k, "meets": bool(meets), "verdict": verdict})
     return rows

@@ -177,7 +177,7 @@ def test_quality_bar_judges_the_primary_clean_result_against_chance_and_the_auc_
 
     standin = reports.quality_bar(study, [rec("compact_cnn", 0.50, 0.70), rec("compact_cnn", 0.1, 0.1, "paper")])
     assert [(b["model"], b["meets"]) for b in standin] == [("compact_cnn", True)]
-    assert standin[0]["verdict"].startswith("meets the bar: AUC CI low 0.700 (>= 0.65), balanced accuracy 0.500 (>= 0.483")
+    assert standin[0]["verdict"].startswith("meets the bar: AUC CI low 0.700 (needs >= 0.65), balanced accuracy 0.500 (needs >= 0.483")
     assert not reports.quality_bar(study, [rec("compact_cnn", 0.48, 0.70)])[0]["meets"]  # 0.48 < 1/3 + 0.15
     assert not reports.quality_bar(study, [rec("compact_cnn", 0.60, 0.64)])[0]["meets"]
     exact = reports.quality_bar(study, [rec("compact_cnn", 0.9, 0.9), rec("resnet50", 0.2, 0.5)])

@@ -442,6 +442,25 @@ def build_model(ctx: Context, name: str, *, num_classes: int | None = None, imag
     return model
 
 
+BN_CALIBRATION_IMAGES = 512
+"""Training images (a seeded sample, without augmentation) :func:`recalibrate_on_train` uses."""
+
+
+def recalibrate_on_train(ctx: Context, keras_model, train: pd.DataFrame, common: dict) -> dict:
+    """``training.recalibrate_batchnorm`` of a just-trained model on up to
+    :data:`BN_CALIBRATION_IMAGES` of its training images (a sample seeded by ``ctx.seed``, through
+    the evaluation pipeline: the same steps, no augmentation), before the operating point and the
+    test split. Returns the recalibration summary the record keeps (``batchnorm``)."""
+    from osteo_tf import pipeline, training
+
+    if not any(type(layer).__name__ == "BatchNormalization" and layer.trainable for layer in keras_model.layers):
+        return {"recalibrated_layers": 0, "images": 0, "skipped": "no trainable BatchNormalization layer"}
+    sample = train.sample(n=min(len(train), BN_CALIBRATION_IMAGES), random_state=ctx.seed) if len(train) else train
+    x = np.concatenate([xb.numpy() for xb, _ in pipeline.make_dataset(sample, **common)]) if len(sample) else \
+        np.zeros((0,), np.float32)
+    return training.recalibrate_batchnorm(keras_model, x)
+
+
 def fit_evaluate(
     ctx: Context,
     split: pd.DataFrame,
@@ -538,6 +557,8 @@ def fit_evaluate(
         train_seconds = train_info.train_seconds
         ctx.runtime["xla"] = bool(ctx.runtime.get("xla") or keras_model.jit_compile)
     wall = time.perf_counter() - t0
+    bn = {"skipped": "head trained on cached features"} if head_only_features else recalibrate_on_train(
+        ctx, keras_model, parts["train"], common)
     op = operating_point_on_val(ctx, keras_model, val_ds, parts["val"])  # frozen before test is read
     step_seconds = train_info["step_seconds"] if head_only_features else train_info.step_seconds
     y_prob = training.predict_proba(keras_model, test_ds)
@@ -553,7 +574,7 @@ def fit_evaluate(
                "batch_size": rec.batch_size, "steps": len(step_seconds),
                "seconds_per_step": round(float(np.median(step_seconds[1:])), 4)
                if len(step_seconds) > 1 and not head_only_features else None,  # head-only: steps on cached features
-               "n_train_groups": int(parts["train"]["group"].nunique())},
+               "n_train_groups": int(parts["train"]["group"].nunique()), "batchnorm": bn},
     )
     bundle = save_bundle(ctx, keras_model, record, steps=steps, image_size=size, spec=spec, weights=info.get("weights"))
     record["bundle"] = str(bundle.relative_to(ctx.out_dir))

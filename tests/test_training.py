@@ -239,3 +239,48 @@ def test_split_head_of_a_paper_head_without_pooling_cuts_after_the_backbone():
     assert features.output.shape[-1] == 4096 and features.layers[-1].name == "fc7"
     assert [layer.name for layer in head.layers[1:]] == ["head_dropout", "predictions"]
     assert head.get_layer("predictions") is m.get_layer("predictions")  # training the head trains m
+
+
+def _bn_net(frozen_second: bool = False):
+    import keras
+
+    inp = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(4, 3, name="c2")(x)
+    bn2 = keras.layers.BatchNormalization(name="bn2")
+    x = bn2(x)
+    bn2.trainable = not frozen_second
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def test_recalibrated_batchnorm_holds_the_statistics_inference_feeds_each_layer():
+    import keras
+
+    seed_everything(0)
+    net = _bn_net()
+    x = np.random.default_rng(0).random((40, 16, 16, 1)).astype(np.float32) * 3 + 1
+    for bn in (net.get_layer("bn1"), net.get_layer("bn2")):  # stale running averages
+        bn.moving_mean.assign(np.full(4, 5.0, np.float32))
+        bn.moving_variance.assign(np.full(4, 0.01, np.float32))
+    out = training.recalibrate_batchnorm(net, x)
+    assert out == {"recalibrated_layers": 2, "images": 40, "skipped": None}
+    for name in ("bn1", "bn2"):  # bn2's input computed with bn1 already recalibrated, in inference mode
+        a = keras.Model(net.inputs, net.get_layer(name).input).predict(x, verbose=0).astype(np.float64)
+        np.testing.assert_allclose(net.get_layer(name).moving_mean.numpy(), a.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.get_layer(name).moving_variance.numpy(), a.var(axis=(0, 1, 2)), rtol=1e-4)
+    # on the calibration images, inference now normalizes as training mode does with the whole set as one batch
+    np.testing.assert_allclose(net(x, training=False).numpy(), net(x, training=True).numpy(), atol=2e-4)
+
+
+def test_recalibration_leaves_frozen_layers_and_large_models_alone():
+    seed_everything(0)
+    net = _bn_net(frozen_second=True)
+    before = net.get_layer("bn2").moving_mean.numpy().copy()
+    x = np.random.default_rng(1).random((8, 16, 16, 1)).astype(np.float32)
+    assert training.recalibrate_batchnorm(net, x)["recalibrated_layers"] == 1
+    np.testing.assert_array_equal(net.get_layer("bn2").moving_mean.numpy(), before)
+    skipped = training.recalibrate_batchnorm(_bn_net(), x, max_layers=1)
+    assert skipped["recalibrated_layers"] == 0 and "2 trainable BatchNormalization layers (> 1)" in skipped["skipped"]

@@ -267,7 +267,8 @@ def run_studies(
             CPU models keep about one core busy (graph tracing and Python are single-threaded),
             so on a 2-core machine ``jobs=2`` nearly halves the batch; on a GPU keep 1 (the
             studies would share its memory). With ``jobs > 1`` the longest studies start first
-            (by the ``seconds`` of a previous run's ``status.json`` in ``out``), and the results
+            (by the ``seconds`` of a previous run's ``status.json`` in ``out``, else
+            :data:`TYPICAL_SECONDS`), and the results
             are the same as one at a time (each study seeds its own process).
 
     Returns:
@@ -314,10 +315,23 @@ def run_studies(
             write_index(out)
         return run
 
-    order = sorted(range(len(names)), key=lambda i: -_previous_seconds(Path(out) / names[i]))
+    order = sorted(range(len(names)), key=lambda i: -(_previous_seconds(Path(out) / names[i])
+                                                      or TYPICAL_SECONDS.get(profile, {}).get(names[i], 0.0)))
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="osteo-tf-study") as pool:
         futures = {i: pool.submit(one, i) for i in order}
         return [futures[i].result() for i in range(len(names))]
+
+
+TYPICAL_SECONDS = {
+    "quick": {"00-dataset-card": 20, "01-calcaneus-augmentation": 390, "02-bm3d-resnet50": 480,
+              "03-knee-same-domain-transfer": 600, "04-dxa-tbs": 330, "05-knee-explanations": 200,
+              "06-leakage-audit": 150},
+    "full-smoke": {"00-dataset-card": 13, "01-calcaneus-augmentation": 395, "02-bm3d-resnet50": 238,
+                   "03-knee-same-domain-transfer": 700, "04-dxa-tbs": 262, "05-knee-explanations": 518,
+                   "06-leakage-audit": 112},
+}
+"""Seconds each study took two at a time on a 2-core CPU (2026-12-01 runs): the start order of
+:func:`run_studies` with ``jobs > 1`` when ``out`` holds no previous ``status.json``."""
 
 
 def _previous_seconds(folder: Path) -> float:
@@ -478,7 +492,7 @@ def write_index(out: str | Path) -> Path:
             figures.append(f"<h2><a href='{html.escape(link)}'>{html.escape(folder.name)}</a></h2>{figure}")
         rows.append(
             f"<tr><td><a href='{html.escape(link)}'>{html.escape(folder.name)}</a></td>"
-            f"<td class='{status['status']}'>{status['status']}</td><td>{status.get('profile', '')}</td>"
+            f"<td class='{status.get('status', 'unknown')}'>{status.get('status', 'unknown')}</td><td>{status.get('profile', '')}</td>"
             f"<td>{status.get('seconds', 0):.0f} s</td>"
             f"<td>{'<br>'.join(headline) or html.escape(status.get('error') or '')}</td><td>{bar}</td></tr>"
         )

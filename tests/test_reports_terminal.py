@@ -108,7 +108,7 @@ def test_jobs_run_studies_at_once_longest_first_and_return_them_in_order(tmp_pat
     import papermill
 
     (tmp_path / "03-knee-same-domain-transfer").mkdir()  # a previous run's time: started first
-    (tmp_path / "03-knee-same-domain-transfer" / "status.json").write_text('{"seconds": 300}')
+    (tmp_path / "03-knee-same-domain-transfer" / "status.json").write_text('{"status": "ok", "seconds": 300}')
     started, running, peak, lock = [], [0], [0], threading.Lock()
     both = threading.Barrier(2, timeout=30)
 

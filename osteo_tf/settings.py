@@ -137,7 +137,7 @@ class StudySettings:
     they name are on disk (:meth:`paper_weights`); without them the profile's own values stay."""
 
     STANDIN_NOTE: ClassVar[str] = ""
-    """Why the CPU profiles' stand-in models were chosen (what was measured), for the report."""
+    """What the CPU profiles' stand-in models are and how the report compares them, for :meth:`model_choice`."""
 
     STRATEGIES: ClassVar[tuple[str, ...]] = ("auto", "none", "mirrored", "multiworker")
 
@@ -219,9 +219,15 @@ class StudySettings:
 
         files = self.paper_weights(self.profile)
         paper = ", ".join(files)
+        known = self._model_names()
+        variant = {k: v for k, v in self.WITH_WEIGHTS[self.profile].items()
+                   if any(isinstance(n, str) and n in known for n in (v if isinstance(v, tuple) else (v,)))}
         if all(path is not None for path in files.values()):
-            return (f"Paper models {paper} from their ImageNet weights (found: "
-                    + ", ".join(str(p) for p in files.values()) + ").")
+            if all(getattr(self, k) == v for k, v in variant.items()):
+                return (f"Paper models {paper} from their ImageNet weights (found: "
+                        + ", ".join(str(p) for p in files.values()) + ").")
+            return (f"The ImageNet files of the paper's {paper} are on disk, but this run's settings name "
+                    f"{self.standin_models()}.")
         size = self._paper_input_size(self.profile)
         missing = [str(models.expected_weights_file(n, (size, size, 3))) for n, p in files.items() if p is None]
         return (f"Stand-in models: the ImageNet weights of the paper's {paper} are not on disk "

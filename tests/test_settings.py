@@ -191,4 +191,5 @@ def test_quick_profile_trains_the_paper_models_when_their_imagenet_files_are_on_
     chosen = {k: standin.as_dict()[k] for k in Settings.WITH_WEIGHTS["quick"] if k in (paper_field, "mask_models")}
     overridden = Settings.for_profile("quick", **chosen)
     assert getattr(overridden, paper_field) == getattr(standin, paper_field)  # an explicit choice wins
+    assert overridden.model_choice().startswith(f"The ImageNet files of the paper's {', '.join(needed)} are on disk")
     assert Settings.for_profile("full").table()["setting"].tolist()[-1] != "model choice"

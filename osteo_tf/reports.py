@@ -483,7 +483,7 @@ def write_index(out: str | Path) -> Path:
                 f"AUC {format_estimate(res.get('auc'), (res.get('ci95') or {}).get('auc'), ci_digits=3)}"
                 f"; paper acc {format_estimate(paper.get('accuracy'))}{other}"
             )
-        bar = "<br>".join(f"{html.escape(str(b['model']))}: <span class='{'ok' if b['meets'] else 'failed'}'>"
+        bar = "<br>".join(f"{html.escape(str(b['model']))}: <span class='{'meets' if b['meets'] else 'below'}'>"
                           f"{html.escape(b['verdict'])}</span>"
                           for b in quality_bar(study, metrics.get("results", [])))
         link = f"{folder.name}/{folder.name}.html"
@@ -499,7 +499,7 @@ def write_index(out: str | Path) -> Path:
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>osteo_tf reports</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}
-.ok{{color:#070}}.failed{{color:#b00;font-weight:bold}}</style></head><body>
+.ok{{color:#070}}.failed{{color:#b00;font-weight:bold}}.meets{{color:#070}}.below{{color:#b00}}</style></head><body>
 <h1>osteo_tf study reports</h1>
 <p>Each row is one notebook run (papermill) with its HTML report. Headline metrics are on the held-out test split with
 patient-level bootstrap 95% CIs; the paper's figure is shown beside ours. Synthetic data says nothing clinical.</p>

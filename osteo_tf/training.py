@@ -418,11 +418,18 @@ def recalibrate_batchnorm(model, images: np.ndarray, *, max_layers: int = MAX_RE
         except (AttributeError, ValueError) as exc:  # a layer used twice has no single input
             out["skipped"] = f"{bn.name}: {exc}"
             return out
-        x = np.asarray(probe.predict(images, batch_size=batch_size, verbose=0), np.float64)
-        axes = tuple(range(x.ndim - 1)) if bn.axis in (-1, x.ndim - 1) else tuple(
-            a for a in range(x.ndim) if a != bn.axis)
-        bn.moving_mean.assign(x.mean(axis=axes).astype(np.float32))
-        bn.moving_variance.assign(x.var(axis=axes).astype(np.float32))
+        total = total_sq = None
+        count = 0
+        for start in range(0, len(images), batch_size):  # eager calls: no tf.function traced per layer
+            x = np.asarray(probe(images[start:start + batch_size], training=False), np.float64)
+            channel = bn.axis if bn.axis >= 0 else x.ndim + bn.axis
+            x = np.moveaxis(x, channel, -1).reshape(-1, x.shape[channel])
+            total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
+            total_sq = (x * x).sum(axis=0) if total_sq is None else total_sq + (x * x).sum(axis=0)
+            count += x.shape[0]
+        mean = total / count
+        bn.moving_mean.assign(mean.astype(np.float32))
+        bn.moving_variance.assign(np.maximum(total_sq / count - mean * mean, 0.0).astype(np.float32))
         out["recalibrated_layers"] += 1
     return out
 

@@ -109,3 +109,56 @@ def test_results_table_shows_balanced_accuracy():
            "ci95": {"balanced_accuracy": [0.5, 0.7]}}
     table = experiments.results_table([rec])
     assert table.loc[0, "balanced_accuracy"].startswith("0.620 [0.50, 0.70]")
+
+
+def _bn_case(tmp_path):
+    import keras
+
+    from osteo_tf import io, pipeline
+    from osteo_tf.config import seed_everything
+
+    seed_everything(0)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        label = ("normal", "osteoporosis")[i % 2]
+        img = np.clip(rng.random((16, 16)) * 0.5 + 0.4 * (i % 2), 0, 1).astype(np.float32)
+        io.save_png(img, tmp_path / label / f"{i}.png")
+        rows.append({"path": str(tmp_path / label / f"{i}.png"), "label": label, "group": f"p{i}",
+                     "split": "train" if i < 16 else "val"})
+    m = pd.DataFrame(rows)
+    inp = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3)(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    net = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x))
+    common = dict(class_names=["normal", "osteoporosis"], image_size=16, batch_size=8, label_mode="categorical")
+    ctx = type("Ctx", (), {"seed": 0, "class_names": ["normal", "osteoporosis"]})()
+    val = m[m.split == "val"]
+    return net, m[m.split == "train"], val, pipeline.make_dataset(val, **common), common, ctx
+
+
+def test_batchnorm_recalibration_is_kept_only_when_it_lowers_the_validation_loss(tmp_path, monkeypatch):
+    from osteo_tf import training
+
+    net, train, val, val_ds, common, ctx = _bn_case(tmp_path)
+    bn = net.get_layer("bn")
+    bn.moving_mean.assign(np.full(4, 3.0, np.float32))  # stale running averages
+    bn.moving_variance.assign(np.full(4, 1e-3, np.float32))
+    out = experiments.recalibrate_on_train(ctx, net, train, common, val_ds, val)
+    assert out["recalibrated_layers"] == 1 and out["images"] == 16
+    assert out["kept"] and out["val_loss_after"] < out["val_loss_before"]
+    assert not np.allclose(bn.moving_mean.numpy(), 3.0)
+    kept = bn.moving_mean.numpy().copy()
+
+    def worse(model, x, **kw):  # a recalibration that hurts on validation is undone
+        model.get_layer("bn").moving_mean.assign(np.full(4, -50.0, np.float32))
+        return {"recalibrated_layers": 1, "images": len(x), "skipped": None}
+
+    monkeypatch.setattr(training, "recalibrate_batchnorm", worse)
+    out = experiments.recalibrate_on_train(ctx, net, train, common, val_ds, val)
+    assert out["kept"] is False and out["val_loss_after"] > out["val_loss_before"]
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), kept)
+    no_val = experiments.recalibrate_on_train(ctx, net, train, common, None, val.iloc[:0])
+    assert no_val["recalibrated_layers"] == 0 and "no validation split" in no_val["skipped"]
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), kept)

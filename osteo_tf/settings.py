@@ -214,7 +214,9 @@ class StudySettings:
         """One sentence for the report: which models this run trains and why (the paper's with
         their ImageNet weights, or stand-ins because the weights files are not on disk)."""
         if self.profile not in self.WITH_WEIGHTS:
-            return ""
+            if self.profile in ("full", "full-smoke"):
+                return "The paper's models, as its protocol names them (the settings table lists them)."
+            return f"The {self.profile} profile's models (the settings table lists them)."
         from osteo_tf import models
 
         files = self.paper_weights(self.profile)
@@ -293,7 +295,7 @@ class StudySettings:
             theirs = _show(getattr(full, name)) if full is not None else ""
             rows.append({"setting": name, "this run": ours, "paper protocol (full profile)": theirs,
                          "differs": full is not None and ours != theirs})
-        if choice_text := self.model_choice():
+        if self.profile in self.WITH_WEIGHTS and (choice_text := self.model_choice()):
             rows.append({"setting": "model choice", "this run": choice_text, "paper protocol (full profile)": "",
                          "differs": False})
         return pd.DataFrame(rows)

@@ -232,9 +232,11 @@ class StudySettings:
                     f"{self.standin_models()}.")
         size = self._paper_input_size(self.profile)
         missing = [str(models.expected_weights_file(n, (size, size, 3))) for n, p in files.items() if p is None]
+        standins = self.standin_models()
+        instead = (f"so this profile trains {standins} in their place." if standins != "(none)"
+                   else "so this profile runs without them.")
         return (f"Stand-in models: the ImageNet weights of the paper's {paper} are not on disk "
-                f"({', '.join(missing)} in {models.keras_models_dir()}), so this profile trains "
-                f"{self.standin_models()} in their place. {self.STANDIN_NOTE}").strip()
+                f"({', '.join(missing)} in {models.keras_models_dir()}), {instead} {self.STANDIN_NOTE}").strip()
 
     def standin_models(self) -> str:
         """The models of this run that the paper-model variant would replace (:meth:`model_choice`)."""

@@ -108,7 +108,7 @@ class Settings(_settings.StudySettings):
                   "smudge_size": 7, "block_pooling": True, "intensity": "standardize", "learning_rate": 1e-3,
                   "val": 0.15, "baselines_a": (), "baselines_b": (), "baseline_size": 64, "roi_check_images": 20},
         "quick": {"patients_a": 300, "patients_b": 300, "unlabeled_patients": 80, "synth_size": 256,
-                  "image_size": 64, "epochs": 15, "pretrain_epochs": 6, "batch_size": 16, "smudge": False,
+                  "image_size": 64, "epochs": 12, "pretrain_epochs": 6, "batch_size": 16, "smudge": False,
                   "smudge_size": 15, "block_pooling": True, "intensity": "standardize", "learning_rate": 1e-3,
                   "val": 0.15, "baselines_a": (), "baselines_b": (), "baseline_size": 64, "roi_check_images": 150},
         "full": {"patients_a": 150, "patients_b": 152, "unlabeled_patients": 2000, "synth_size": 256,

@@ -447,43 +447,46 @@ BN_CALIBRATION_IMAGES = 512
 
 
 def recalibrate_on_train(ctx: Context, keras_model, train: pd.DataFrame, common: dict, val_ds=None,
-                         val_rows: pd.DataFrame | None = None) -> dict:
+                         val_rows: pd.DataFrame | None = None) -> tuple[dict, np.ndarray | None]:
     """``training.recalibrate_batchnorm`` of a just-trained model on up to
     :data:`BN_CALIBRATION_IMAGES` of its training images (a sample seeded by ``ctx.seed``, through
     the evaluation pipeline: the same steps, no augmentation), kept only when it lowers the
     validation split's cross-entropy; without a validation split the running averages stay
     (nothing to confirm it on: study 01's protocol has none). Decided before the test split is
     read. Returns the summary the record keeps (``batchnorm``: layers, images, the validation
-    losses before and after, ``kept``, or why it was skipped)."""
+    losses before and after, ``kept``, or why it was skipped) and the validation probabilities of
+    the model as left (``None`` when the validation split was not predicted), which
+    :func:`operating_point_on_val` can reuse instead of predicting the split again."""
     from osteo_tf import pipeline, training
 
     if not any(type(layer).__name__ == "BatchNormalization" and layer.trainable for layer in keras_model.layers):
-        return {"recalibrated_layers": 0, "images": 0, "skipped": "no trainable BatchNormalization layer"}
+        return {"recalibrated_layers": 0, "images": 0, "skipped": "no trainable BatchNormalization layer"}, None
     if val_ds is None or val_rows is None or len(val_rows) == 0:
         return {"recalibrated_layers": 0, "images": 0,
-                "skipped": "no validation split to confirm it on: the running averages are kept"}
+                "skipped": "no validation split to confirm it on: the running averages are kept"}, None
     sample = train.sample(n=min(len(train), BN_CALIBRATION_IMAGES), random_state=ctx.seed) if len(train) else train
     x = np.concatenate([xb.numpy() for xb, _ in pipeline.make_dataset(sample, **common)]) if len(sample) else \
         np.zeros((0,), np.float32)
     y_val = pipeline.encode_labels(val_rows["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
 
-    def val_loss() -> float:
-        p = np.clip(training.predict_proba(keras_model, val_ds), 1e-7, 1.0)
-        return float(-np.mean(np.log(p[np.arange(len(y_val)), y_val])))
+    def predicted() -> tuple[float, np.ndarray]:
+        p = training.predict_proba(keras_model, val_ds)
+        q = np.clip(p, 1e-7, 1.0)
+        return float(-np.mean(np.log(q[np.arange(len(y_val)), y_val]))), p
 
     bns = [layer for layer in keras_model.layers if type(layer).__name__ == "BatchNormalization" and layer.trainable]
     saved = [(bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()) for bn in bns]
-    before = val_loss()
+    before, p_before = predicted()
     out = training.recalibrate_batchnorm(keras_model, x)
     if not out["recalibrated_layers"]:
-        return out
-    after = val_loss()
+        return out, p_before
+    after, p_after = predicted()
     out.update(val_loss_before=round(before, 4), val_loss_after=round(after, 4), kept=bool(after < before))
     if not out["kept"]:  # the running averages did better on validation: restore them
         for bn, (mean, var) in zip(bns, saved):
             bn.moving_mean.assign(mean)
             bn.moving_variance.assign(var)
-    return out
+    return out, (p_after if out["kept"] else p_before)
 
 
 def fit_evaluate(
@@ -582,9 +585,9 @@ def fit_evaluate(
         train_seconds = train_info.train_seconds
         ctx.runtime["xla"] = bool(ctx.runtime.get("xla") or keras_model.jit_compile)
     wall = time.perf_counter() - t0
-    bn = {"skipped": "head trained on cached features"} if head_only_features else recalibrate_on_train(
-        ctx, keras_model, parts["train"], common, val_ds, parts["val"])
-    op = operating_point_on_val(ctx, keras_model, val_ds, parts["val"])  # frozen before test is read
+    bn, p_val = ({"skipped": "head trained on cached features"}, None) if head_only_features else \
+        recalibrate_on_train(ctx, keras_model, parts["train"], common, val_ds, parts["val"])
+    op = operating_point_on_val(ctx, keras_model, val_ds, parts["val"], p_val=p_val)  # frozen before test is read
     step_seconds = train_info["step_seconds"] if head_only_features else train_info.step_seconds
     y_prob = training.predict_proba(keras_model, test_ds)
     y_true = pipeline.encode_labels(parts["test"]["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
@@ -609,13 +612,16 @@ def fit_evaluate(
     return FitResult(record, y_true, y_prob, groups, keras_model, train_info, str(info.get("weights")))
 
 
-def operating_point_on_val(ctx: Context, model, val_ds, val_rows: pd.DataFrame) -> dict:
-    """The model's decision rule from its validation predictions (``evaluation.operating_point``)."""
+def operating_point_on_val(ctx: Context, model, val_ds, val_rows: pd.DataFrame,
+                           p_val: np.ndarray | None = None) -> dict:
+    """The model's decision rule from its validation predictions (``evaluation.operating_point``);
+    ``p_val``: those predictions when the caller already has them (else the split is predicted)."""
     from osteo_tf import evaluation, pipeline, training
 
     if val_ds is None or len(val_rows) == 0:
         return evaluation.operating_point(None, None, class_names=ctx.class_names)
-    p_val = training.predict_proba(model, val_ds)
+    if p_val is None:
+        p_val = training.predict_proba(model, val_ds)
     y_val = pipeline.encode_labels(val_rows["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
     return evaluation.operating_point(y_val, p_val, class_names=ctx.class_names)
 

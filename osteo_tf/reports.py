@@ -323,9 +323,9 @@ def run_studies(
 
 
 TYPICAL_SECONDS = {
-    "quick": {"00-dataset-card": 20, "01-calcaneus-augmentation": 390, "02-bm3d-resnet50": 480,
-              "03-knee-same-domain-transfer": 600, "04-dxa-tbs": 330, "05-knee-explanations": 200,
-              "06-leakage-audit": 150},
+    "quick": {"00-dataset-card": 20, "01-calcaneus-augmentation": 280, "02-bm3d-resnet50": 450,
+              "03-knee-same-domain-transfer": 570, "04-dxa-tbs": 300, "05-knee-explanations": 250,
+              "06-leakage-audit": 170},
     "full-smoke": {"00-dataset-card": 13, "01-calcaneus-augmentation": 395, "02-bm3d-resnet50": 238,
                    "03-knee-same-domain-transfer": 700, "04-dxa-tbs": 262, "05-knee-explanations": 518,
                    "06-leakage-audit": 112},

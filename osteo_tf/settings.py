@@ -199,15 +199,24 @@ class StudySettings:
         return int(values.get("image_size") or values.get("baseline_size") or 224)
 
     @classmethod
+    def _model_fields(cls, profile: str) -> dict[str, tuple[str, ...]]:
+        """The fields of ``WITH_WEIGHTS[profile]`` that name registry models, each as a tuple of
+        names (``model="resnet50"`` -> ``("resnet50",)``)."""
+        known = cls._model_names()
+        fields = {}
+        for field_name, value in cls.WITH_WEIGHTS.get(profile, {}).items():
+            names = tuple(n for n in (value if isinstance(value, tuple) else (value,)) if isinstance(n, str))
+            if any(n in known for n in names):
+                fields[field_name] = names
+        return fields
+
+    @classmethod
     def _paper_models(cls, profile: str) -> list[str]:
         """The registry models with Keras ImageNet weights that ``WITH_WEIGHTS[profile]`` names."""
         from osteo_tf import models
 
-        names = []
-        for value in cls.WITH_WEIGHTS.get(profile, {}).values():
-            for name in (value if isinstance(value, tuple) else (value,)):
-                if isinstance(name, str) and name in models.names() and models.get_spec(name).imagenet:
-                    names.append(name)
+        names = [n for value in cls._model_fields(profile).values() for n in value
+                 if n in models.names() and models.get_spec(n).imagenet]
         return list(dict.fromkeys(names))
 
     def model_choice(self) -> str:
@@ -221,9 +230,7 @@ class StudySettings:
 
         files = self.paper_weights(self.profile)
         paper = ", ".join(files)
-        known = self._model_names()
-        variant = {k: v for k, v in self.WITH_WEIGHTS[self.profile].items()
-                   if any(isinstance(n, str) and n in known for n in (v if isinstance(v, tuple) else (v,)))}
+        variant = {k: self.WITH_WEIGHTS[self.profile][k] for k in self._model_fields(self.profile)}
         if all(path is not None for path in files.values()):
             if all(getattr(self, k) == v for k, v in variant.items()):
                 return (f"Paper models {paper} from their ImageNet weights (found: "
@@ -240,12 +247,10 @@ class StudySettings:
 
     def standin_models(self) -> str:
         """The models of this run that the paper-model variant would replace (:meth:`model_choice`)."""
-        variant = self.WITH_WEIGHTS.get(self.profile, {})
         known = self._model_names()
         names = []
-        for field_name, value in variant.items():
+        for field_name, theirs in self._model_fields(self.profile).items():
             ours = getattr(self, field_name)
-            theirs = value if isinstance(value, tuple) else (value,)
             for name in (ours if isinstance(ours, tuple) else (ours,)):
                 if isinstance(name, str) and name in known and name not in theirs:
                     names.append(name)

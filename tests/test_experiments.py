@@ -145,9 +145,11 @@ def test_batchnorm_recalibration_is_kept_only_when_it_lowers_the_validation_loss
     bn = net.get_layer("bn")
     bn.moving_mean.assign(np.full(4, 3.0, np.float32))  # stale running averages
     bn.moving_variance.assign(np.full(4, 1e-3, np.float32))
-    out = experiments.recalibrate_on_train(ctx, net, train, common, val_ds, val)
+    out, p_val = experiments.recalibrate_on_train(ctx, net, train, common, val_ds, val)
     assert out["recalibrated_layers"] == 1 and out["images"] == 16
     assert out["kept"] and out["val_loss_after"] < out["val_loss_before"]
+    # the probabilities returned are those of the model as left, for the operating point
+    np.testing.assert_allclose(p_val, training.predict_proba(net, val_ds), rtol=1e-5, atol=1e-6)
     assert not np.allclose(bn.moving_mean.numpy(), 3.0)
     kept = bn.moving_mean.numpy().copy()
 
@@ -156,9 +158,10 @@ def test_batchnorm_recalibration_is_kept_only_when_it_lowers_the_validation_loss
         return {"recalibrated_layers": 1, "images": len(x), "skipped": None}
 
     monkeypatch.setattr(training, "recalibrate_batchnorm", worse)
-    out = experiments.recalibrate_on_train(ctx, net, train, common, val_ds, val)
+    out, p_val = experiments.recalibrate_on_train(ctx, net, train, common, val_ds, val)
+    np.testing.assert_allclose(p_val, training.predict_proba(net, val_ds), rtol=1e-5, atol=1e-6)
     assert out["kept"] is False and out["val_loss_after"] > out["val_loss_before"]
     np.testing.assert_array_equal(bn.moving_mean.numpy(), kept)
-    no_val = experiments.recalibrate_on_train(ctx, net, train, common, None, val.iloc[:0])
-    assert no_val["recalibrated_layers"] == 0 and "no validation split" in no_val["skipped"]
+    no_val, p_none = experiments.recalibrate_on_train(ctx, net, train, common, None, val.iloc[:0])
+    assert p_none is None and no_val["recalibrated_layers"] == 0 and "no validation split" in no_val["skipped"]
     np.testing.assert_array_equal(bn.moving_mean.numpy(), kept)

@@ -141,7 +141,7 @@ class Settings(_settings.StudySettings):
                   "intensity": "standardize", "learning_rate": 1e-3,
                   "noise_sigmas": (0.05, 0.1), "denoise_images": 2, "denoise_eval_size": 64,
                   "denoisers": ("bm3d_lc", "nlmeans", "gaussian", "mean", "median")},
-        "quick": {"model": "compact_cnn", "image_size": 96, "epochs": 20, "batch_size": 16, "patients": 900,
+        "quick": {"model": "compact_cnn", "image_size": 96, "epochs": 12, "batch_size": 16, "patients": 900,
                   "images_per_patient": 1, "denoise_size": 96, "freeze": "auto", "ablation": True,
                   "intensity": "standardize", "learning_rate": 1e-3,
                   "noise_sigmas": (0.05, 0.1), "denoise_images": 3, "denoise_eval_size": 128,

@@ -452,7 +452,7 @@ def recalibrate_on_train(ctx: Context, keras_model, train: pd.DataFrame, common:
     :data:`BN_CALIBRATION_IMAGES` of its training images (a sample seeded by ``ctx.seed``, through
     the evaluation pipeline: the same steps, no augmentation), kept only when it lowers the
     validation split's cross-entropy; without a validation split the running averages stay
-    (nothing to confirm it on: study 01's protocol has none). Decided before the test split is
+    (nothing to confirm it on: study 01's paper protocol has none). Decided before the test split is
     read. Returns the summary the record keeps (``batchnorm``: layers, images, the validation
     losses before and after, ``kept``, or why it was skipped) and the validation probabilities of
     the model as left (``None`` when the validation split was not predicted), which

@@ -459,7 +459,8 @@ def recalibrate_on_train(ctx: Context, keras_model, train: pd.DataFrame, common:
     :func:`operating_point_on_val` can reuse instead of predicting the split again."""
     from osteo_tf import pipeline, training
 
-    if not any(type(layer).__name__ == "BatchNormalization" and layer.trainable for layer in keras_model.layers):
+    bns = [layer for layer in keras_model.layers if type(layer).__name__ == "BatchNormalization" and layer.trainable]
+    if not bns:
         return {"recalibrated_layers": 0, "images": 0, "skipped": "no trainable BatchNormalization layer"}, None
     if val_ds is None or val_rows is None or len(val_rows) == 0:
         return {"recalibrated_layers": 0, "images": 0,
@@ -474,7 +475,6 @@ def recalibrate_on_train(ctx: Context, keras_model, train: pd.DataFrame, common:
         q = np.clip(p, 1e-7, 1.0)
         return float(-np.mean(np.log(q[np.arange(len(y_val)), y_val]))), p
 
-    bns = [layer for layer in keras_model.layers if type(layer).__name__ == "BatchNormalization" and layer.trainable]
     saved = [(bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()) for bn in bns]
     before, p_before = predicted()
     out = training.recalibrate_batchnorm(keras_model, x)

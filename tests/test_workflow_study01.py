@@ -1,7 +1,5 @@
 """Study 01 workflow: the clean protocol's split (no papermill)."""
 
-import pandas as pd
-
 from osteo_tf import splits
 from osteo_tf.workflows import study01
 
@@ -24,4 +22,3 @@ def test_clean_protocol_validates_and_tests_on_originals_of_patients_it_never_tr
     # without a validation share the clean protocol is train/test only, as in the paper's layout
     plain = study01.protocol_split(ctx, "N", "clean")
     assert set(plain["split"]) == {"train", "test"}
-    assert isinstance(plain, pd.DataFrame)

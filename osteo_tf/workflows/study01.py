@@ -182,7 +182,15 @@ def protocol_split(ctx: Context, set_name: str, protocol: str, *, test: float = 
     if protocol == "paper":
         m = offline_set_manifest(ctx, ctx.manifest, set_name, root)
         return splits.paper_protocol_split(m, test=test, seed=ctx.seed)
-    src = experiments.split(ctx, val=val, test=test)
+    out = _augment_training_side(ctx, experiments.split(ctx, val=val, test=test), set_name, root)
+    splits.assert_no_leakage(out)
+    return out
+
+
+def _augment_training_side(ctx: Context, src: pd.DataFrame, set_name: str, root: Path) -> pd.DataFrame:
+    """The clean protocol's manifest of a patient split ``src``: its training rows augmented into
+    set ``set_name``, its validation and test rows kept as originals (set N), each part written
+    under ``root/<part>`` and keeping its ``split``."""
     parts = []
     for part in ("train", "val", "test"):
         rows = src[src["split"] == part]
@@ -190,9 +198,7 @@ def protocol_split(ctx: Context, set_name: str, protocol: str, *, test: float = 
             m = offline_set_manifest(ctx, rows, set_name if part == "train" else "N", root / part)
             m["split"] = part
             parts.append(m)
-    out = pd.concat(parts, ignore_index=True)
-    splits.assert_no_leakage(out)
-    return out
+    return pd.concat(parts, ignore_index=True)
 
 
 def kfold_splits(ctx: Context, set_name: str, protocol: str, *, k: int = 3) -> list[pd.DataFrame]:
@@ -204,13 +210,8 @@ def kfold_splits(ctx: Context, set_name: str, protocol: str, *, k: int = 3) -> l
         m = m.assign(_row=np.arange(len(m)))
         folds = splits.grouped_kfold(m, k=k, seed=ctx.seed, group_col="_row", sha_col=None)  # leaks by design
         return [f.drop(columns="_row") for f in folds]
-    folds = []
-    for i, f in enumerate(splits.grouped_kfold(ctx.manifest, k=k, seed=ctx.seed)):
-        train = offline_set_manifest(ctx, f[f["split"] == "train"], set_name, root / f"fold{i}" / "train")
-        held = offline_set_manifest(ctx, f[f["split"] == "test"], "N", root / f"fold{i}" / "test")
-        train["split"], held["split"] = "train", "test"
-        folds.append(pd.concat([train, held], ignore_index=True))
-    return folds
+    return [_augment_training_side(ctx, f, set_name, root / f"fold{i}")
+            for i, f in enumerate(splits.grouped_kfold(ctx.manifest, k=k, seed=ctx.seed))]
 
 
 def vote_record(ctx: Context, fits: Sequence[FitResult], *, experiment: str = "E6", protocol: str) -> dict:

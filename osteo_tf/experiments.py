@@ -446,12 +446,25 @@ BN_CALIBRATION_IMAGES = 512
 """Training images (a seeded sample, without augmentation) :func:`recalibrate_on_train` uses."""
 
 
+def calibration_images(ctx: Context, train: pd.DataFrame, common: dict) -> np.ndarray:
+    """Up to :data:`BN_CALIBRATION_IMAGES` training images (a sample seeded by ``ctx.seed``)
+    through the evaluation pipeline (the same steps, no augmentation), as model inputs."""
+    from osteo_tf import pipeline
+
+    sample = train.sample(n=min(len(train), BN_CALIBRATION_IMAGES), random_state=ctx.seed) if len(train) else train
+    if not len(sample):
+        return np.zeros((0,), np.float32)
+    return np.concatenate([xb.numpy() for xb, _ in pipeline.make_dataset(sample, **common)])
+
+
 def recalibrate_on_train(ctx: Context, keras_model, train: pd.DataFrame, common: dict, val_ds=None,
-                         val_rows: pd.DataFrame | None = None) -> tuple[dict, np.ndarray | None]:
+                         val_rows: pd.DataFrame | None = None, *,
+                         images: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:
     """``training.recalibrate_batchnorm`` of a just-trained model on up to
     :data:`BN_CALIBRATION_IMAGES` of its training images (a sample seeded by ``ctx.seed``, through
     the evaluation pipeline: the same steps, no augmentation), kept only when it lowers the
-    validation split's cross-entropy; without a validation split the running averages stay
+    validation split's cross-entropy (``images``: those training images when the caller already
+    has them, from :func:`calibration_images`); without a validation split the running averages stay
     (nothing to confirm it on: study 01's paper protocol has none). Decided before the test split is
     read. Returns the summary the record keeps (``batchnorm``: layers, images, the validation
     losses before and after, ``kept``, or why it was skipped) and the validation probabilities of
@@ -465,9 +478,7 @@ def recalibrate_on_train(ctx: Context, keras_model, train: pd.DataFrame, common:
     if val_ds is None or val_rows is None or len(val_rows) == 0:
         return {"recalibrated_layers": 0, "images": 0,
                 "skipped": "no validation split to confirm it on: the running averages are kept"}, None
-    sample = train.sample(n=min(len(train), BN_CALIBRATION_IMAGES), random_state=ctx.seed) if len(train) else train
-    x = np.concatenate([xb.numpy() for xb, _ in pipeline.make_dataset(sample, **common)]) if len(sample) else \
-        np.zeros((0,), np.float32)
+    x = calibration_images(ctx, train, common) if images is None else images
     y_val = pipeline.encode_labels(val_rows["label"].astype(str).tolist(), ctx.class_names, label_mode="int")
 
     def predicted() -> tuple[float, np.ndarray]:
@@ -565,6 +576,8 @@ def fit_evaluate(
     val_ds = pipeline.make_dataset(parts["val"], **common) if len(parts["val"]) else None
     test_ds = pipeline.make_dataset(parts["test"], **common)
     run_dir = ctx.runs_dir / f"{experiment}-{record_as or name}-{protocol}".replace(" ", "_").replace("/", "_")
+    # the BatchNorm statistics are recomputed on these before every validation pass and after training
+    x_cal = None if head_only_features else calibration_images(ctx, parts["train"], common)
     t0 = time.perf_counter()
     if head_only_features:
         if augmenter is not None:
@@ -578,7 +591,7 @@ def fit_evaluate(
         keras_model, train_info = training.train(
             keras_model, train_ds, val_ds, rec=rec, run_dir=run_dir, run_eagerly=ctx.profile.run_eagerly,
             class_weight=class_weight, strategy=ctx.strategy,
-            jit_compile=ctx.profile.xla,
+            jit_compile=ctx.profile.xla, bn_images=x_cal[:training.PRECISE_BN_IMAGES],
             config={"study": ctx.study, "experiment": experiment, "model": name, "protocol": protocol,
                     "seed": ctx.seed, "weights": info.get("weights"), "image_size": size})
         epoch_seconds = train_info.epoch_seconds
@@ -586,7 +599,7 @@ def fit_evaluate(
         ctx.runtime["xla"] = bool(ctx.runtime.get("xla") or keras_model.jit_compile)
     wall = time.perf_counter() - t0
     bn, p_val = ({"skipped": "head trained on cached features"}, None) if head_only_features else \
-        recalibrate_on_train(ctx, keras_model, parts["train"], common, val_ds, parts["val"])
+        recalibrate_on_train(ctx, keras_model, parts["train"], common, val_ds, parts["val"], images=x_cal)
     op = operating_point_on_val(ctx, keras_model, val_ds, parts["val"], p_val=p_val)  # frozen before test is read
     step_seconds = train_info["step_seconds"] if head_only_features else train_info.step_seconds
     y_prob = training.predict_proba(keras_model, test_ds)

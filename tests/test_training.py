@@ -284,3 +284,74 @@ def test_recalibration_leaves_frozen_layers_and_large_models_alone():
     np.testing.assert_array_equal(net.get_layer("bn2").moving_mean.numpy(), before)
     skipped = training.recalibrate_batchnorm(_bn_net(), x, max_layers=1)
     assert skipped["recalibrated_layers"] == 0 and "2 trainable BatchNormalization layers (> 1)" in skipped["skipped"]
+
+
+def _dropout_bn_net():
+    import keras
+
+    inp = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.Dropout(0.5, name="early_dropout")(keras.layers.ReLU()(x))  # before bn2
+    x = keras.layers.Conv2D(4, 3, name="c2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def test_precise_batchnorm_in_one_chunk_equals_the_layerwise_recalibration_and_restores_the_layers():
+    import keras
+
+    seed_everything(0)
+    x = np.random.default_rng(2).random((40, 16, 16, 1)).astype(np.float32) * 3 + 1
+    flat = _dropout_bn_net()
+    ref = keras.models.clone_model(flat)
+    ref.set_weights(flat.get_weights())
+    for bn in (flat.get_layer("bn1"), flat.get_layer("bn2")):
+        bn.momentum = 0.9
+    assert training.precise_batchnorm(flat, x, batch_size=64) == 2
+    training.recalibrate_batchnorm(ref, x)  # inference mode, layer by layer: no dropout
+    for name in ("bn1", "bn2"):  # bn2 equal too: dropout was off for the pass
+        np.testing.assert_allclose(flat.get_layer(name).moving_mean.numpy(), ref.get_layer(name).moving_mean.numpy(),
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(flat.get_layer(name).moving_variance.numpy(),
+                                   ref.get_layer(name).moving_variance.numpy(), rtol=1e-3, atol=1e-5)
+        assert flat.get_layer(name).momentum == 0.9  # restored after the pass
+    assert flat.get_layer("early_dropout").rate == 0.5
+    # several chunks average the chunk statistics: bn1's mean stays that of the whole set
+    chunked = keras.models.clone_model(flat)
+    chunked.set_weights(flat.get_weights())
+    assert training.precise_batchnorm(chunked, x, batch_size=10) == 2
+    np.testing.assert_allclose(chunked.get_layer("bn1").moving_mean.numpy(), flat.get_layer("bn1").moving_mean.numpy(),
+                               rtol=1e-4, atol=1e-5)
+    assert training.precise_batchnorm(_bn_net(), x, max_layers=1) == 0
+    assert training.precise_batchnorm(_bn_net(), x[:0]) == 0
+
+
+def test_precise_batchnorm_runs_before_each_validation_and_leaves_the_statistics_of_the_weights(tmp_path):
+    import keras
+
+    rng = np.random.default_rng(0)
+    y = np.arange(48) % 2
+    x = (rng.random((48, 16, 16, 1)) + y[:, None, None, None]).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, np.eye(2, dtype="float32")[y])).batch(8)
+
+    def fitted(bn_images, run):
+        seed_everything(0)
+        net = _bn_net()
+        rec = training.Recipe("adam", 1e-2, 0.0, 8, 2, None, "val_loss", "all")
+        net, _ = training.train(net, ds, ds.take(2), rec=rec, run_dir=tmp_path / run, bn_images=bn_images)
+        cfg = json.loads((tmp_path / run / "config.json").read_text())
+        return net, cfg["precise_bn_images"]
+
+    net, recorded = fitted(x[:32], "precise")
+    assert recorded == 32
+    kept = [net.get_layer(n).moving_mean.numpy().copy() for n in ("bn1", "bn2")]
+    training.precise_batchnorm(net, x[:32])  # the best epoch was saved with the statistics of its weights
+    for n, k in zip(("bn1", "bn2"), kept):
+        np.testing.assert_allclose(net.get_layer(n).moving_mean.numpy(), k, rtol=1e-4, atol=1e-5)
+    plain, recorded = fitted(None, "running")
+    assert recorded == 0
+    before = plain.get_layer("bn2").moving_mean.numpy().copy()
+    training.precise_batchnorm(plain, x[:32])  # running averages of 12 steps differ from the statistics
+    assert not np.allclose(plain.get_layer("bn2").moving_mean.numpy(), before, rtol=1e-3, atol=1e-3)

@@ -420,12 +420,15 @@ def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: Settings, steps
     va = tf.data.Dataset.from_tensor_slices((x_va[..., None].astype(np.float32), y_va)).batch(bs)
     with training.strategy_scope(ctx.strategy):
         model = models.build(MODEL, input_shape=(size, size, 1), num_classes=4, block_pooling=settings.block_pooling)
+    models.set_random_init_batchnorm(model)
+    x_bn = x_tr[np.random.default_rng(ctx.seed).permutation(len(x_tr))[:training.PRECISE_BN_IMAGES], ..., None]
     with quiet(RAN_OUT_OF_DATA):
         # monitor the TRAINING loss: the held-out rotations only measure the pretext task, and
         # checkpointing on them restored the first epoch's weights in short runs
         model, res = training.train(model, tr, va, rec=rec, run_dir=ctx.runs_dir / "phase1-rotation-pretext",
                                     monitor="loss", strategy=ctx.strategy,
                                     run_eagerly=ctx.profile.run_eagerly, jit_compile=ctx.profile.xla,
+                                    bn_images=x_bn.astype(np.float32),
                                     config={"study": ctx.study, "objective": training.SSL_OBJECTIVE,
                                             "seed": ctx.seed, "image_size": size})
         p = training.predict_proba(model, va)
@@ -445,6 +448,7 @@ def pretrained_builder(pretext_model, *, image_size: int, num_classes: int, bloc
         m = models.build(MODEL, input_shape=(image_size, image_size, 1), num_classes=num_classes,
                          block_pooling=block_pooling)
         copied = training.transfer_weights(pretext_model, m)
+        models.set_random_init_batchnorm(m)  # pretrained in-domain from random init, not ImageNet
         study03_multibranch_pretrained.copied = copied
         return m
 

@@ -323,14 +323,14 @@ def run_studies(
 
 
 TYPICAL_SECONDS = {
-    "quick": {"00-dataset-card": 20, "01-calcaneus-augmentation": 280, "02-bm3d-resnet50": 450,
-              "03-knee-same-domain-transfer": 570, "04-dxa-tbs": 300, "05-knee-explanations": 250,
-              "06-leakage-audit": 170},
+    "quick": {"00-dataset-card": 22, "01-calcaneus-augmentation": 212, "02-bm3d-resnet50": 472,
+              "03-knee-same-domain-transfer": 540, "04-dxa-tbs": 364, "05-knee-explanations": 261,
+              "06-leakage-audit": 178},
     "full-smoke": {"00-dataset-card": 13, "01-calcaneus-augmentation": 395, "02-bm3d-resnet50": 238,
                    "03-knee-same-domain-transfer": 700, "04-dxa-tbs": 262, "05-knee-explanations": 518,
                    "06-leakage-audit": 112},
 }
-"""Seconds each study took two at a time on a 2-core CPU (2026-12-01 runs): the start order of
+"""Seconds each study took two at a time on a 2-core CPU (quick: 2026-12-02, full-smoke: 2026-12-01): the start order of
 :func:`run_studies` with ``jobs > 1`` when ``out`` holds no previous ``status.json``."""
 
 

@@ -330,8 +330,9 @@ TYPICAL_SECONDS = {
                    "03-knee-same-domain-transfer": 700, "04-dxa-tbs": 262, "05-knee-explanations": 518,
                    "06-leakage-audit": 112},
 }
-"""Seconds each study took two at a time on a 2-core CPU (quick: 2026-12-02, full-smoke: 2026-12-01): the start order of
-:func:`run_studies` with ``jobs > 1`` when ``out`` holds no previous ``status.json``."""
+"""Seconds each study took two at a time on a 2-core CPU (quick: 2026-12-02, full-smoke:
+2026-12-01): the start order of :func:`run_studies` with ``jobs > 1`` when ``out`` holds no
+previous ``status.json``."""
 
 
 def _previous_seconds(folder: Path) -> float:

@@ -187,15 +187,15 @@ class PreciseBatchNorm:
 
     Keras validates with the running averages: in a network trained from scratch for a few
     hundred steps they lag weights that still move, and validation then measures stale
-    statistics rather than the weights (study 03's quick rotation pretext, after 4 epochs: 0.51
-    accuracy on held-out rotations with the running averages of momentum 0.9, 0.99 with the
-    statistics recomputed on 512 training images). Recomputing them before validation makes the validation loss that
-    early stopping and the best-epoch checkpoint watch a measure of the weights, and the saved
-    best epoch carries the statistics it was judged with. Training steps are unchanged (they
-    normalize with batch statistics). ``self.runs`` counts the recomputations.
+    statistics rather than the weights (README, Known limits: a rotation pretext at chance on
+    held-out rotations with the running averages, at 1.00 with them recomputed). Recomputing
+    them before validation makes the validation loss that early stopping and the best-epoch
+    checkpoint watch a measure of the weights, and the saved best epoch carries the statistics
+    it was judged with. Training steps are unchanged (they normalize with batch statistics).
+    ``self.runs`` counts the recomputations.
     """
 
-    def __new__(cls, images, *, batch_size: int = 64):
+    def __new__(cls, images, *, batch_size: int | None = None):
         import keras
 
         class _PreciseBatchNorm(keras.callbacks.Callback):
@@ -475,20 +475,26 @@ def recalibrate_batchnorm(model, images: np.ndarray, *, max_layers: int = MAX_RE
 
 
 PRECISE_BN_IMAGES = 128
-"""Training images per :class:`PreciseBatchNorm` recomputation (one eager forward pass in
-training mode per epoch, in chunks of 64)."""
+"""Training images per :class:`PreciseBatchNorm` recomputation (eager forward passes in training
+mode before each validation, in :func:`precise_batchnorm`'s chunks)."""
 
 
-def precise_batchnorm(model, images: np.ndarray, *, batch_size: int = 64,
+PRECISE_BN_CHUNK_PIXELS = 2**20
+"""Input pixels per forward chunk of :func:`precise_batchnorm` by default: 64 images up to
+128 px, 20 at 224 px (a chunk's activations stay within what a training batch of 16 holds)."""
+
+
+def precise_batchnorm(model, images: np.ndarray, *, batch_size: int | None = None,
                       max_layers: int = MAX_RECALIBRATED_BN) -> int:
     """Set each trainable BatchNormalization layer's moving mean and variance to the statistics
-    of its input on ``images``, in one forward pass in training mode per chunk of ``batch_size``.
+    of its input on ``images``, in one forward pass in training mode per chunk of ``batch_size``
+    images (``None``: at most 64, and at most :data:`PRECISE_BN_CHUNK_PIXELS` input pixels).
 
     With momentum set to 0 for the pass, a layer's moving statistics after a chunk are that
-    chunk's statistics; the chunks' means are averaged ("precise BN", Wu & Johnson 2021, as in
-    pycls). When ``images`` fit in one chunk this equals :func:`recalibrate_batchnorm` (each layer
-    gets the statistics inference will feed it on those images) at the cost of one forward pass
-    instead of one per layer; with several chunks the chunk statistics are averaged. Dropout is
+    chunk's statistics; the chunks' statistics are averaged, weighted by their images ("precise
+    BN", Wu & Johnson 2021, as in pycls). When ``images`` fit in one chunk this equals
+    :func:`recalibrate_batchnorm` (each layer gets the statistics inference will feed it on those
+    images) at the cost of one forward pass instead of one per layer. Dropout is
     switched off for the pass; momentum and dropout rates are restored. Frozen layers are left
     alone; models with more than ``max_layers`` trainable BatchNorm layers (the ImageNet
     backbones) are skipped, as by :func:`recalibrate_batchnorm`.
@@ -502,6 +508,8 @@ def precise_batchnorm(model, images: np.ndarray, *, batch_size: int = 64,
     images = np.asarray(images, np.float32)
     if not bns or len(bns) > max_layers or len(images) == 0:
         return 0
+    if batch_size is None:
+        batch_size = max(1, min(64, PRECISE_BN_CHUNK_PIXELS // int(np.prod(images.shape[1:3]))))
     drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     momenta, rates = [bn.momentum for bn in bns], [d.rate for d in drops]
     means = [np.zeros(bn.moving_mean.shape, np.float64) for bn in bns]
@@ -513,18 +521,19 @@ def precise_batchnorm(model, images: np.ndarray, *, batch_size: int = 64,
         for d in drops:
             d.rate = 0.0
         for start in chunks:
-            model(images[start:start + batch_size], training=True)
-            for i, bn in enumerate(bns):
-                means[i] += bn.moving_mean.numpy()
-                variances[i] += bn.moving_variance.numpy()
+            chunk = images[start:start + batch_size]
+            model(chunk, training=True)
+            for i, bn in enumerate(bns):  # weighted by the chunk's images
+                means[i] += len(chunk) * bn.moving_mean.numpy()
+                variances[i] += len(chunk) * bn.moving_variance.numpy()
     finally:
         for bn, m in zip(bns, momenta):
             bn.momentum = m
         for d, r in zip(drops, rates):
             d.rate = r
     for bn, mean, var in zip(bns, means, variances):
-        bn.moving_mean.assign((mean / len(chunks)).astype(np.float32))
-        bn.moving_variance.assign((var / len(chunks)).astype(np.float32))
+        bn.moving_mean.assign((mean / len(images)).astype(np.float32))
+        bn.moving_variance.assign((var / len(images)).astype(np.float32))
     return len(bns)
 
 

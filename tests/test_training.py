@@ -355,3 +355,19 @@ def test_precise_batchnorm_runs_before_each_validation_and_leaves_the_statistics
     before = plain.get_layer("bn2").moving_mean.numpy().copy()
     training.precise_batchnorm(plain, x[:32])  # running averages of 12 steps differ from the statistics
     assert not np.allclose(plain.get_layer("bn2").moving_mean.numpy(), before, rtol=1e-3, atol=1e-3)
+
+
+def test_precise_batchnorm_chunks_large_inputs_by_pixels(monkeypatch):
+    calls = []
+    net = _bn_net()
+    real_call = type(net).__call__
+
+    def spy(self, x, *a, **kw):
+        calls.append(len(x))
+        return real_call(self, x, *a, **kw)
+
+    monkeypatch.setattr(type(net), "__call__", spy)
+    monkeypatch.setattr(training, "PRECISE_BN_CHUNK_PIXELS", 16 * 16 * 5)  # 5 images of 16 px per chunk
+    x = np.random.default_rng(0).random((12, 16, 16, 1)).astype(np.float32)
+    assert training.precise_batchnorm(net, x) == 2
+    assert calls == [5, 5, 2]

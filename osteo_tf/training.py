@@ -299,9 +299,10 @@ def train(
         run_eagerly: skip graph tracing (only worth it for a few tiny steps, e.g. the smoke profile).
         config: extra facts recorded in ``config.json`` (model name, data, seed...).
         verbose: Keras verbosity (0 in notebooks keeps reports clean).
-        bn_images: training images (model inputs, no augmentation); with a ``val_ds`` and one
-            replica, :class:`PreciseBatchNorm` recomputes the BatchNorm statistics on them before
-            each validation pass (recorded as ``precise_bn_images`` in ``config.json``).
+        bn_images: training images (model inputs, no augmentation); with a ``val_ds``, one
+            replica and 1 to ``MAX_RECALIBRATED_BN`` trainable BatchNorm layers,
+            :class:`PreciseBatchNorm` recomputes the BatchNorm statistics on them before each
+            validation pass (``config.json`` records ``precise_bn_images``: their number, or 0).
 
     Returns:
         ``(model, TrainResult)``; the model holds the best weights when a validation set is given.
@@ -339,7 +340,8 @@ def train(
     check_monitor(monitor, model, validation=val_ds is not None)
 
     # eager forward passes outside the replica context: one replica only
-    precise = bn_images is not None and len(bn_images) > 0 and val_ds is not None and replicas(strategy) == 1
+    precise = (bn_images is not None and len(bn_images) > 0 and val_ds is not None and replicas(strategy) == 1
+               and 0 < len(_trainable_batchnorm(model)) <= MAX_RECALIBRATED_BN)
     cfg = {"recipe": asdict(rec), "epochs": epochs, "monitor": monitor, "class_weight": class_weight,
            "strategy": type(strategy).__name__ if strategy is not None else "default",
            "replicas": getattr(strategy, "num_replicas_in_sync", 1),
@@ -440,7 +442,7 @@ def recalibrate_batchnorm(model, images: np.ndarray, *, max_layers: int = MAX_RE
     """
     import keras
 
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    bns = _trainable_batchnorm(model)
     out = {"recalibrated_layers": 0, "images": int(len(images)), "skipped": None}
     if not bns:
         out["skipped"] = "no trainable BatchNormalization layer"
@@ -474,6 +476,13 @@ def recalibrate_batchnorm(model, images: np.ndarray, *, max_layers: int = MAX_RE
     return out
 
 
+def _trainable_batchnorm(model) -> list:
+    """The model's top-level trainable BatchNormalization layers."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+
+
 PRECISE_BN_IMAGES = 128
 """Training images per :class:`PreciseBatchNorm` recomputation (eager forward passes in training
 mode before each validation, in :func:`precise_batchnorm`'s chunks)."""
@@ -504,7 +513,7 @@ def precise_batchnorm(model, images: np.ndarray, *, batch_size: int | None = Non
     """
     import keras
 
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    bns = _trainable_batchnorm(model)
     images = np.asarray(images, np.float32)
     if not bns or len(bns) > max_layers or len(images) == 0:
         return 0

@@ -352,6 +352,9 @@ def test_precise_batchnorm_runs_before_each_validation_and_leaves_the_statistics
         np.testing.assert_allclose(net.get_layer(n).moving_mean.numpy(), k, rtol=1e-4, atol=1e-5)
     plain, recorded = fitted(None, "running")
     assert recorded == 0
+    _, cfg = training.train(tiny_model(), tiny_data(), tiny_data(8), rec=REC, epochs=1, run_dir=tmp_path / "no-bn",
+                            bn_images=np.zeros((4, 16, 16, 3), np.float32))
+    assert json.loads((tmp_path / "no-bn" / "config.json").read_text())["precise_bn_images"] == 0  # nothing to set
     before = plain.get_layer("bn2").moving_mean.numpy().copy()
     training.precise_batchnorm(plain, x[:32])  # running averages of 12 steps differ from the statistics
     assert not np.allclose(plain.get_layer("bn2").moving_mean.numpy(), before, rtol=1e-3, atol=1e-3)

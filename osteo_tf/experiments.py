@@ -472,7 +472,7 @@ def recalibrate_on_train(ctx: Context, keras_model, train: pd.DataFrame, common:
     :func:`operating_point_on_val` can reuse instead of predicting the split again."""
     from osteo_tf import pipeline, training
 
-    bns = [layer for layer in keras_model.layers if type(layer).__name__ == "BatchNormalization" and layer.trainable]
+    bns = training.trainable_batchnorm(keras_model)
     if not bns:
         return {"recalibrated_layers": 0, "images": 0, "skipped": "no trainable BatchNormalization layer"}, None
     if val_ds is None or val_rows is None or len(val_rows) == 0:
@@ -576,8 +576,10 @@ def fit_evaluate(
     val_ds = pipeline.make_dataset(parts["val"], **common) if len(parts["val"]) else None
     test_ds = pipeline.make_dataset(parts["test"], **common)
     run_dir = ctx.runs_dir / f"{experiment}-{record_as or name}-{protocol}".replace(" ", "_").replace("/", "_")
-    # the BatchNorm statistics are recomputed on these before every validation pass and after training
-    x_cal = None if head_only_features else calibration_images(ctx, parts["train"], common)
+    # the BatchNorm statistics are recomputed on these before every validation pass and after
+    # training; both need a validation split and a trainable BatchNorm layer
+    x_cal = calibration_images(ctx, parts["train"], common) if (
+        not head_only_features and len(parts["val"]) and training.trainable_batchnorm(keras_model)) else None
     t0 = time.perf_counter()
     if head_only_features:
         if augmenter is not None:
@@ -591,7 +593,7 @@ def fit_evaluate(
         keras_model, train_info = training.train(
             keras_model, train_ds, val_ds, rec=rec, run_dir=run_dir, run_eagerly=ctx.profile.run_eagerly,
             class_weight=class_weight, strategy=ctx.strategy,
-            jit_compile=ctx.profile.xla, bn_images=x_cal[:training.PRECISE_BN_IMAGES],
+            jit_compile=ctx.profile.xla, bn_images=None if x_cal is None else x_cal[:training.PRECISE_BN_IMAGES],
             config={"study": ctx.study, "experiment": experiment, "model": name, "protocol": protocol,
                     "seed": ctx.seed, "weights": info.get("weights"), "image_size": size})
         epoch_seconds = train_info.epoch_seconds

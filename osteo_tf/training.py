@@ -188,7 +188,7 @@ class PreciseBatchNorm:
     Keras validates with the running averages: in a network trained from scratch for a few
     hundred steps they lag weights that still move, and validation then measures stale
     statistics rather than the weights (README, Known limits: a rotation pretext at chance on
-    held-out rotations with the running averages, at 1.00 with them recomputed). Recomputing
+    held-out rotations with the running averages, at 0.99-1.00 with them recomputed). Recomputing
     them before validation makes the validation loss that early stopping and the best-epoch
     checkpoint watch a measure of the weights, and the saved best epoch carries the statistics
     it was judged with. Training steps are unchanged (they normalize with batch statistics).
@@ -341,7 +341,7 @@ def train(
 
     # eager forward passes outside the replica context: one replica only
     precise = (bn_images is not None and len(bn_images) > 0 and val_ds is not None and replicas(strategy) == 1
-               and 0 < len(_trainable_batchnorm(model)) <= MAX_RECALIBRATED_BN)
+               and 0 < len(trainable_batchnorm(model)) <= MAX_RECALIBRATED_BN)
     cfg = {"recipe": asdict(rec), "epochs": epochs, "monitor": monitor, "class_weight": class_weight,
            "strategy": type(strategy).__name__ if strategy is not None else "default",
            "replicas": getattr(strategy, "num_replicas_in_sync", 1),
@@ -442,7 +442,7 @@ def recalibrate_batchnorm(model, images: np.ndarray, *, max_layers: int = MAX_RE
     """
     import keras
 
-    bns = _trainable_batchnorm(model)
+    bns = trainable_batchnorm(model)
     out = {"recalibrated_layers": 0, "images": int(len(images)), "skipped": None}
     if not bns:
         out["skipped"] = "no trainable BatchNormalization layer"
@@ -476,7 +476,7 @@ def recalibrate_batchnorm(model, images: np.ndarray, *, max_layers: int = MAX_RE
     return out
 
 
-def _trainable_batchnorm(model) -> list:
+def trainable_batchnorm(model) -> list:
     """The model's top-level trainable BatchNormalization layers."""
     import keras
 
@@ -513,7 +513,7 @@ def precise_batchnorm(model, images: np.ndarray, *, batch_size: int | None = Non
     """
     import keras
 
-    bns = _trainable_batchnorm(model)
+    bns = trainable_batchnorm(model)
     images = np.asarray(images, np.float32)
     if not bns or len(bns) > max_layers or len(images) == 0:
         return 0

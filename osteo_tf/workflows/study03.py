@@ -429,7 +429,7 @@ def pretrain(ctx: Context, unlabeled: pd.DataFrame, *, settings: Settings, steps
         model, res = training.train(model, tr, va, rec=rec, run_dir=ctx.runs_dir / "phase1-rotation-pretext",
                                     monitor="loss", strategy=ctx.strategy,
                                     run_eagerly=ctx.profile.run_eagerly, jit_compile=ctx.profile.xla,
-                                    bn_images=x_bn.astype(np.float32),
+                                    bn_images=x_bn,
                                     config={"study": ctx.study, "objective": training.SSL_OBJECTIVE,
                                             "seed": ctx.seed, "image_size": size})
         p = training.predict_proba(model, va)
